@@ -1,0 +1,136 @@
+"""frugal vs the Hugging Face Trainer: fine-tune MiniLM on SST-2 (8,000 train rows, 872 dev rows).
+
+Both run in this one invocation, on the same data, each in its own subprocess so peak memory is
+measured separately. The Trainer runs with its defaults plus dynamic padding, 1 epoch, batch size 32,
+lr 5e-5, max length 64. frugal runs its default recipe (length-grouped batches, frozen embeddings,
+lr 1e-4) with the same epochs, batch size and max length.
+
+    python benchmarks/bench_classify.py [--rows 8000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "examples/data/sst2_train_8k.tsv"
+DEV = ROOT / "examples/data/sst2_dev.tsv"
+
+
+def _read(path: Path, rows: int | None) -> tuple[list[str], list[int]]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    if rows:
+        lines = lines[:rows]
+    texts, labels = zip(*(ln.rsplit("\t", 1) for ln in lines), strict=True)
+    return [t.strip() for t in texts], [int(x) for x in labels]
+
+
+def run_frugal(rows: int, seed: int) -> dict:
+    from frugal_lm.config import load_config
+    from frugal_lm.engine.run import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file = Path(tmp) / "train.tsv"
+        train_file.write_text("\n".join(TRAIN.read_text().splitlines()[: rows + 1]) + "\n")
+        cfg = load_config(overrides={
+            "output": str(Path(tmp) / "run"), "model": {"name": "minilm", "max_length": 64},
+            "data": {"train": str(train_file), "eval": str(DEV), "text_column": "sentence"},
+            "train": {"epochs": 1, "batch_size": 32, "seed": seed},
+        })
+        t0 = time.perf_counter()
+        summary = train(cfg, progress=False)
+        wall = time.perf_counter() - t0
+    return {"examples_per_s": summary["train_examples_per_s"], "train_seconds": summary["train_seconds"],
+            "dev_accuracy": summary["final"]["accuracy"], "wall_seconds": wall,
+            "trainable_parameters": summary["trainable_parameters"]}
+
+
+def run_hf(rows: int, seed: int) -> dict:
+    import transformers
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+
+    from frugal_lm.models.registry import resolve_model
+
+    transformers.utils.logging.set_verbosity_error()
+    path = resolve_model("minilm").path
+    tok = AutoTokenizer.from_pretrained(path)
+    transformers.set_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    class DS:
+        def __init__(self, texts: list[str], labels: list[int]):
+            enc = tok(texts, truncation=True, max_length=64)
+            self.rows = [{**{k: enc[k][i] for k in enc}, "labels": labels[i]} for i in range(len(texts))]
+
+        def __len__(self) -> int:
+            return len(self.rows)
+
+        def __getitem__(self, i: int) -> dict:
+            return self.rows[i]
+
+    train_ds, dev_ds = DS(*_read(TRAIN, rows)), DS(*_read(DEV, None))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, num_train_epochs=1, per_device_train_batch_size=32,
+                                 per_device_eval_batch_size=128, learning_rate=5e-5, seed=seed,
+                                 report_to=[], save_strategy="no", logging_strategy="no",
+                                 disable_tqdm=True, use_cpu=True)
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds,
+                          data_collator=DataCollatorWithPadding(tok))
+        t0 = time.perf_counter()
+        out = trainer.train()
+        train_seconds = time.perf_counter() - t0
+        pred = trainer.predict(dev_ds)
+    accuracy = float((pred.predictions.argmax(-1) == pred.label_ids).mean())
+    return {"examples_per_s": out.metrics["train_samples_per_second"], "train_seconds": train_seconds,
+            "dev_accuracy": accuracy, "wall_seconds": train_seconds}
+
+
+def child(which: str, rows: int, seed: int) -> None:
+    result = (run_frugal if which == "frugal" else run_hf)(rows, seed)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=8000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", choices=["frugal", "hf"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(a.child, a.rows, a.seed)
+        return
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    for which in ("hf", "frugal"):
+        proc = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(a.rows),
+                               "--seed", str(a.seed)], capture_output=True, text=True, env=env)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"{which} failed:\n{proc.stderr[-3000:]}")
+        results[which] = json.loads(line[-1][7:])
+    f, h = results["frugal"], results["hf"]
+    print(f"SST-2, MiniLM, {a.rows} train rows, 872 dev rows, 1 epoch, batch 32, max length 64, seed {a.seed}")
+    print("| | train examples/s | train s | dev accuracy | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in (("HF Trainer", h), ("frugal", f)):
+        print(f"| {name} | {r['examples_per_s']:.1f} | {r['train_seconds']:.1f} | {r['dev_accuracy']:.4f} "
+              f"| {r['peak_rss_mb']:.0f} |")
+    print(f"| frugal / HF | {f['examples_per_s'] / h['examples_per_s']:.2f}x | | "
+          f"{100 * (f['dev_accuracy'] - h['dev_accuracy']):+.1f} pt | {f['peak_rss_mb'] / h['peak_rss_mb']:.2f}x |")
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from frugal_lm.cli import main
+
+main()

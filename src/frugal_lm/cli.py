@@ -1,0 +1,180 @@
+"""The command table. Each command is a thin function over the Python API; heavy imports stay inside
+the functions so `frugal --help` answers at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from frugal_lm.errors import FrugalError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="frugal: train, evaluate, score and use language models on limited compute.")
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML run config (optional: flags alone work)")] = None,
+    task: Annotated[str | None, Opt(help="task: classify")] = None,
+    model: Annotated[str | None, Opt(help="alias, local folder or hub id")] = None,
+    train_file: Annotated[str | None, Opt("--train", help="training file (.csv .tsv .jsonl)")] = None,
+    eval_file: Annotated[str | None, Opt("--eval", help="evaluation file")] = None,
+    output: Annotated[str | None, Opt("--output", "-o", help="run folder")] = None,
+    epochs: Annotated[float | None, Opt(help="passes over the training data")] = None,
+    batch_size: Annotated[int | None, Opt(help="examples per micro-batch")] = None,
+    lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
+    max_length: Annotated[int | None, Opt(help="truncate inputs to this many tokens")] = None,
+    max_steps: Annotated[int | None, Opt(help="stop after N optimizer steps")] = None,
+    max_minutes: Annotated[float | None, Opt(help="wall-time budget in minutes")] = None,
+    seed: Annotated[int | None, Opt(help="random seed")] = None,
+    text_column: Annotated[str | None, Opt(help="column with the text")] = None,
+    label_column: Annotated[str | None, Opt(help="column with the label")] = None,
+    lora: Annotated[bool, Opt("--lora", help="train LoRA adapters instead of the full model")] = False,
+    set_: Annotated[list[str] | None, Opt("--set", help="override any config key: --set train.lr=3e-5")] = None,
+    resume: Annotated[bool, Opt("--resume", help="continue the run in --output from its last checkpoint")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run folder")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Fine-tune a model; writes a self-describing run folder."""
+    from frugal_lm.config import load_config
+
+    overrides: dict[str, Any] = {}
+
+    def put(section: str | None, key: str, value: Any) -> None:
+        if value is not None:
+            (overrides.setdefault(section, {}) if section else overrides)[key] = value
+
+    put(None, "task", task)
+    put(None, "output", output)
+    put("model", "name", model)
+    put("model", "max_length", max_length)
+    put("data", "train", train_file)
+    put("data", "eval", eval_file)
+    put("data", "text_column", text_column)
+    put("data", "label_column", label_column)
+    for key, value in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps,
+                       "max_minutes": max_minutes, "seed": seed}.items():
+        put("train", key, value)
+    if lora:
+        put("peft", "method", "lora")
+    if resume and config is None and output and (Path(output) / "config.yaml").exists():
+        config = Path(output) / "config.yaml"  # the run folder remembers its own config
+    cfg = load_config(config, overrides, set_ or [])
+    if resume and not output and not (Path(cfg.output) / "config.yaml").exists():
+        raise FrugalError(f"--resume: {cfg.output} is not a run folder; pass --output RUN_DIR")
+    from frugal_lm.engine.run import train as run_train
+
+    summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    best = summary.get("best") or {}
+    shown = {k: round(v, 4) for k, v in best.items() if isinstance(v, float)}
+    typer.echo(json.dumps({"run": cfg.output, "stopped": summary["stopped"], "steps": summary["steps"],
+                           "best": shown, "train_examples_per_s": round(summary["train_examples_per_s"], 1)}))
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a frugal run folder")],
+    data: Annotated[str, Opt("--data", help="labelled file in the training format")],
+) -> None:
+    """Evaluate a trained run on a labelled file; prints the metrics as JSON."""
+    from frugal_lm.engine.run import load_run
+
+    cfg, task, model = load_run(run_dir)
+    records = task.read(data)
+    from frugal_lm.data.readers import check_labels
+
+    check_labels(records, task.labels, data, cfg.data.label_column)
+    metrics = task.evaluate(model, examples=task.encode(records))
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a frugal run folder")],
+    data: Annotated[str | None, Opt("--data", help="file of texts (.csv .tsv .jsonl, or .txt one per line)")] = None,
+    text: Annotated[list[str] | None, Opt("--text", help="text to classify (repeatable)")] = None,
+    output: Annotated[Path | None, Opt("--output", "-o", help="write JSON lines here instead of stdout")] = None,
+) -> None:
+    """Predict labels; writes JSON lines: input, predicted label, probabilities."""
+    if not data and not text:
+        raise FrugalError("predict: give --data FILE or --text \"...\"")
+    from frugal_lm.data.readers import Record, read_lines
+    from frugal_lm.engine.run import load_run
+
+    _, task, model = load_run(run_dir)
+    if text:
+        records = [Record(t, None, None, i + 1) for i, t in enumerate(text)]
+    elif Path(data).suffix.lower() == ".txt":
+        records = [Record(t, None, None, i + 1) for i, t in enumerate(read_lines(data))]
+    else:
+        records = task.read(data, labelled=False)
+    lines = "".join(json.dumps(row) + "\n" for row in task.predict(model, records))
+    if output:
+        from frugal_lm.io import write_text
+
+        write_text(output, lines)
+    else:
+        sys.stdout.write(lines)
+
+
+@app.command()
+def models() -> None:
+    """List the bundled model aliases and where they load from."""
+    from frugal_lm.models.registry import list_aliases
+
+    for row in list_aliases():
+        typer.echo(f"{row['alias']:<8} {row['kind']:<8} {row['status']:<9} {row['location']}")
+        typer.echo(f"{'':<8} {row['description']}")
+
+
+@app.command("config")
+def config_(
+    path: Annotated[Path | None, typer.Argument(help="show this YAML resolved; without it, every key")] = None,
+    set_: Annotated[list[str] | None, Opt("--set", help="overrides, as for train")] = None,
+) -> None:
+    """Show every config key with its default and help, or a config resolved and validated."""
+    from frugal_lm.config import describe, load_config
+
+    if path is None and not set_:
+        for key, tp, default, help_ in describe():
+            typer.echo(f"{key:<30} {tp:<10} {default!s:<12} {help_}")
+        return
+    typer.echo(load_config(path, sets=set_ or []).to_yaml(), nl=False)
+
+
+def _register_plugins() -> None:
+    import importlib
+
+    for name in ("frugal_lm.cli_ngram", "frugal_lm.cli_score"):
+        try:  # TEMP during development
+            importlib.import_module(name).register(app)
+        except ModuleNotFoundError:
+            pass
+
+
+def main() -> None:
+    """Entry point: user-fixable errors print one line and exit 2."""
+    _register_plugins()
+    try:
+        app(standalone_mode=False)
+    except FrugalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

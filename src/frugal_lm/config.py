@@ -1,0 +1,241 @@
+"""Typed run configuration: dataclasses with a help string per field, loaded from YAML and overridden
+from the command line (`--set train.lr=3e-5`), validated at load time so errors name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from frugal_lm.errors import ConfigError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("minilm", "bundled alias (see `frugal models`), local model folder, or hub id")
+    max_length: int = _f(128, "longest input in tokens; longer inputs are truncated")
+    trust_remote_code: bool = _f(False, "run model code shipped with a hub model; off unless you trust it")
+
+
+@dataclass
+class DataConfig:
+    train: str | None = _f(None, "training file (.csv, .tsv, .jsonl)")
+    eval: str | None = _f(None, "evaluation file, same format; used for eval during training and the best model")
+    format: str | None = _f(None, "file format; taken from the suffix when unset", ("csv", "tsv", "jsonl"))
+    text_column: str = _f("text", "column holding the text")
+    text_pair_column: str | None = _f(
+        "text_pair", "column holding the second text of a sentence pair; ignored when the file lacks it")
+    label_column: str = _f("label", "column holding the label (string or int)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(3.0, "passes over the training data (fractions allowed)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)")
+    batch_size: int = _f(32, "examples per optimizer step, per process, before accumulation")
+    grad_accum: int = _f(1, "micro-batches per optimizer step; the loss is normalised over all of them")
+    lr: float = _f(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    scheduler: str = _f("linear", "learning-rate schedule after warmup", ("linear", "cosine", "constant"))
+    warmup_ratio: float = _f(0.06, "fraction of steps spent warming up")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
+    seed: int = _f(0, "seed for init, shuffling and dropout")
+    eval_every: int = _f(0, "evaluate every N optimizer steps (0: once per epoch); always at the end")
+    save_every: int = _f(0, "checkpoint every N optimizer steps (0: at each evaluation)")
+    log_every: int = _f(10, "log loss, lr and throughput every N optimizer steps")
+    metric: str = _f("accuracy", "evaluation metric that picks the best model and drives early stopping")
+    patience: int = _f(0, "stop after N evaluations without improvement (0: never stop early)")
+    max_minutes: float = _f(0.0, "wall-time budget; training stops cleanly (and resumably) after it (0: none)")
+    precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU",
+                        ("auto", "fp32", "bf16", "fp16"))
+    group_by_length: bool = _f(True, "batch examples of similar length together: far less padding")
+    freeze_embeddings: bool = _f(True, "keep the embedding matrices fixed: fewer updates, little accuracy lost")
+    freeze_layers: int = _f(0, "also keep the first N transformer layers fixed")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, more time")
+    class_weights: bool = _f(False, "weight the loss by inverse class frequency (imbalanced labels)")
+    eval_batch_size: int = _f(128, "examples per evaluation batch")
+
+
+@dataclass
+class PeftConfig:
+    method: str = _f("none", "parameter-efficient fine-tuning method", ("none", "lora"))
+    r: int = _f(8, "LoRA rank")
+    alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = _f(0.05, "dropout on the LoRA input")
+    target_modules: list[str] = _f([], "module names to adapt; empty: sensible defaults per architecture")
+    merge: bool = _f(True, "also export a merged model folder beside the adapter")
+
+
+@dataclass
+class RunConfig:
+    task: str = _f("classify", "what to train", ("classify",))
+    output: str = _f("runs/run", "run folder")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = float(value) if tp is float else value
+            if tp is int:
+                number = int(value) if not isinstance(value, float) or value.is_integer() else None
+                if number is None:
+                    raise ValueError
+            return number
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; known keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(current))}")
+            _apply(current, value, prefix=f"{path}.")
+            continue
+        value = _coerce(value, hints[key], path)
+        choices = names[key].metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Turn ["train.lr=3e-5", ...] into a nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that the type system cannot express."""
+    t = cfg.train
+    positives = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+                 "train.eval_batch_size": t.eval_batch_size, "model.max_length": cfg.model.max_length,
+                 "train.log_every": t.log_every}
+    for key, value in positives.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    for key, value in {"train.epochs": t.epochs, "train.lr": t.lr, "train.max_steps": t.max_steps,
+                       "train.patience": t.patience, "train.freeze_layers": t.freeze_layers,
+                       "train.max_minutes": t.max_minutes, "train.eval_every": t.eval_every,
+                       "train.save_every": t.save_every}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+    if t.epochs == 0 and t.max_steps == 0:
+        raise ConfigError("train.epochs and train.max_steps are both 0: nothing to train")
+    if not 0 <= t.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if cfg.peft.method == "lora" and cfg.peft.r < 1:
+        raise ConfigError(f"peft.r: must be at least 1, got {cfg.peft.r}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> RunConfig:
+    """Build a RunConfig from defaults, then a YAML file, then overrides (flags), then `--set` items.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown key, wrong type or out-of-range value (the key is named).
+    """
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            _apply(cfg, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if overrides:
+        _apply(cfg, overrides)
+    if sets:
+        _apply(cfg, parse_set(sets))
+    validate(cfg)
+    return cfg
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """Every config key with its type, default and help: for `frugal config` and the docs."""
+    rows = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", getattr(hints[f.name], "__name__", str(hints[f.name])),
+                             value, f.metadata.get("help", "")))
+
+    walk(RunConfig(), "")
+    return rows

@@ -1,0 +1,191 @@
+"""Readers for labelled text files (CSV, TSV, JSONL) that check every row and explain bad input.
+
+Every error names the file, the line and the field, and says what was expected, and is raised before
+any training starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frugal_lm.errors import DataError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class Record:
+    """One example. `line` is the 1-based line in the source file, for error messages."""
+
+    text: str
+    text_pair: str | None
+    label: Any
+    line: int
+
+
+def detect_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            str(path), f"unknown file format '{path.suffix or '(no suffix)'}'; expected one of "
+            f"{', '.join(sorted(FORMATS))} (or set data.format)") from None
+
+
+def _rows(path: Path, fmt: str) -> tuple[list[str] | None, list[tuple[int, dict[str, Any]]]]:
+    """Yield (line number, row dict); the header for tabular files."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        if fmt == "jsonl":
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise DataError(str(path), f"malformed JSON ({exc.msg} at column {exc.colno}); "
+                                    "expected one JSON object per line", line=lineno) from None
+                if not isinstance(obj, dict):
+                    raise DataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line=lineno)
+                rows.append((lineno, obj))
+            return None, rows
+        # TSV files of NLP corpora hold raw quotes (GLUE does), so TSV is read without quoting rules.
+        if fmt == "tsv":
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(fh)
+        csv.field_size_limit(sys.maxsize)
+        header: list[str] | None = None
+        try:
+            for fields in reader:
+                lineno = reader.line_num
+                if header is None:
+                    header = [h.strip() for h in fields]
+                    if not any(header):
+                        raise DataError(str(path), "empty header line; expected column names", line=lineno)
+                    continue
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue
+                if len(fields) != len(header):
+                    raise DataError(str(path), f"expected {len(header)} fields ({', '.join(header)}), "
+                                    f"found {len(fields)}", line=lineno)
+                rows.append((lineno, dict(zip(header, fields, strict=True))))
+        except csv.Error as exc:
+            raise DataError(str(path), f"malformed {fmt.upper()}: {exc}", line=reader.line_num) from None
+        return header, rows
+
+
+def read_records(path: str | Path, fmt: str | None = None, text_column: str = "text",
+                 text_pair_column: str | None = "text_pair", label_column: str | None = "label",
+                 pair_required: bool = False) -> list[Record]:
+    """Read and check a labelled text file.
+
+    Args:
+        path: the file.
+        fmt: "csv", "tsv" or "jsonl"; taken from the suffix when None.
+        text_column: column with the text.
+        text_pair_column: column with the second text; used when present in the file (required when
+            `pair_required`).
+        label_column: column with the label; None for unlabelled prediction input.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        DataError: missing or empty file, unknown format, missing column, empty text or label, malformed line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "file not found")
+    if path.is_dir():
+        raise DataError(str(path), "is a folder; expected a .csv, .tsv or .jsonl file")
+    fmt = detect_format(path, fmt)
+    try:
+        header, rows = _rows(path, fmt)
+    except UnicodeDecodeError as exc:
+        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not rows:
+        raise DataError(str(path), "no examples found; expected a header line and at least one row"
+                        if fmt != "jsonl" else "no examples found; expected one JSON object per line")
+    use_pair = text_pair_column is not None and (
+        pair_required or (text_pair_column in header if header is not None else text_pair_column in rows[0][1]))
+    needed = [c for c in (text_column, text_pair_column if use_pair else None, label_column) if c]
+    if header is not None:
+        for col in needed:
+            if col not in header:
+                raise DataError(str(path), f"column '{col}' not found; the header has: {', '.join(header)}. "
+                                f"Set data.text_column / data.label_column to the right names.", line=1, field=col)
+    records = []
+    for lineno, row in rows:
+        for col in needed:
+            if col not in row:
+                raise DataError(str(path), f"missing field; the object has: {', '.join(row)}", line=lineno, field=col)
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(str(path), "empty text; expected a non-empty string", line=lineno, field=text_column)
+        pair = None
+        if use_pair:
+            pair = row[text_pair_column]
+            if not isinstance(pair, str) or not pair.strip():
+                raise DataError(str(path), "empty text; expected a non-empty string", line=lineno,
+                                field=text_pair_column)
+        label = None
+        if label_column:
+            label = row[label_column]
+            if isinstance(label, str):
+                label = label.strip()
+            if label is None or label == "" or isinstance(label, (dict, list, float)) and not _int_like(label):
+                raise DataError(str(path), f"bad label {label!r}; expected a string or an integer", line=lineno,
+                                field=label_column)
+            label = _canonical(label)
+        records.append(Record(text.strip(), pair.strip() if pair else None, label, lineno))
+    return records
+
+
+def _int_like(value: Any) -> bool:
+    return isinstance(value, float) and value.is_integer()
+
+
+def _canonical(label: Any) -> str:
+    """Labels compare as strings, so 1 in JSONL and "1" in TSV are the same class."""
+    if isinstance(label, bool):
+        return str(label).lower()
+    if isinstance(label, float):
+        return str(int(label))
+    return str(label)
+
+
+def label_vocabulary(records: list[Record]) -> list[str]:
+    """The label set of the training data, sorted numerically when all labels are integers."""
+    labels = {r.label for r in records}
+    if all(lab.lstrip("-").isdigit() for lab in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def check_labels(records: list[Record], labels: list[str], path: str, column: str) -> None:
+    """Raise DataError at the first label that training never saw."""
+    known = set(labels)
+    for r in records:
+        if r.label not in known:
+            raise DataError(str(path), f"label {r.label!r} never appears in the training data "
+                            f"(known labels: {', '.join(labels)})", line=r.line, field=column)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Plain text, one example per line; blank lines skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "file not found")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise DataError(str(path), "no text found; expected one example per line")
+    return lines

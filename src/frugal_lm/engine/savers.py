@@ -1,0 +1,88 @@
+"""Compute savers: freezing, LoRA (through peft), gradient checkpointing, precision by hardware."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from frugal_lm.errors import ConfigError
+
+# LoRA targets per model family: the attention projections, which carry most of what fine-tuning changes.
+LORA_TARGETS = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin"],
+    "gpt2": ["c_attn", "c_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+# Heads that stay fully trainable (and are saved with a LoRA adapter), by task.
+HEAD_MODULES = ["classifier", "score", "pre_classifier"]
+
+
+def resolve_precision(precision: str) -> str:
+    """Map the config's precision to accelerate's mixed_precision ("no", "bf16", "fp16").
+
+    "auto" picks bf16 on GPUs that support it, fp16 on older GPUs, and fp32 on CPUs: CPU autocast to
+    bf16 is slower than fp32 on processors without bf16 instructions (measured on our 2-core CI box).
+    """
+    import torch
+
+    if precision == "fp32":
+        return "no"
+    if precision in ("bf16", "fp16"):
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _layer_index(name: str) -> int | None:
+    match = re.search(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def freeze(model: Any, embeddings: bool, first_layers: int) -> None:
+    """Stop gradients for the embedding matrices and/or the first `first_layers` transformer layers."""
+    base = getattr(model, "base_model", model)
+    if embeddings:
+        for module in (base.get_input_embeddings(),):
+            for p in module.parameters():
+                p.requires_grad_(False)
+        for name, p in model.named_parameters():
+            # position and token-type embeddings and the embedding LayerNorm sit beside the word matrix
+            if re.search(r"(^|\.)(embeddings|wpe|wte)\.", name + "."):
+                p.requires_grad_(False)
+    if first_layers:
+        n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", 0)
+        if first_layers > n_layers:
+            raise ConfigError(f"train.freeze_layers: the model has {n_layers} layers, got {first_layers}")
+        for name, p in model.named_parameters():
+            index = _layer_index(name)
+            if index is not None and index < first_layers:
+                p.requires_grad_(False)
+
+
+def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str], task_type: str) -> Any:
+    """Wrap `model` with LoRA adapters; the task head stays fully trainable and is saved with the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    if not targets:
+        model_type = getattr(model.config, "model_type", "")
+        if model_type not in LORA_TARGETS:
+            raise ConfigError(f"peft.target_modules: no default for model type '{model_type}'; "
+                              "set the module names to adapt")
+        targets = LORA_TARGETS[model_type]
+    heads = [h for h in HEAD_MODULES if any(n.split(".")[0] == h for n, _ in model.named_children())]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type=task_type, modules_to_save=heads or None)
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

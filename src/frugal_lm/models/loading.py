@@ -1,0 +1,54 @@
+"""Load tokenizers and models for a resolved name, with errors a user can act on."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from frugal_lm.errors import ModelError
+from frugal_lm.models.registry import ResolvedModel, resolve_model
+
+
+def local_path(resolved: ResolvedModel) -> str:
+    """A folder `from_pretrained` reads: GGUF sources are converted once and cached (see models.gguf)."""
+    if resolved.gguf_file:
+        from frugal_lm.models.gguf import materialize_gguf
+
+        return str(materialize_gguf(resolved))
+    return resolved.path
+
+
+def _hub_failure(resolved: ResolvedModel, exc: Exception) -> ModelError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set, so the hub is not contacted" if offline else "the hub could not be reached"
+    return ModelError(
+        f"model '{resolved.name}' is not a bundled alias or a local folder, so it was looked up on the "
+        f"Hugging Face Hub, and that failed ({why}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+        "Use a bundled alias (see `frugal models`) or a local model folder."
+    )
+
+
+def from_pretrained(cls: Any, name_or_resolved: str | ResolvedModel, trust_remote_code: bool = False,
+                    **kwargs: Any) -> Any:
+    """Call `cls.from_pretrained` on a resolved model, turning loader failures into ModelError.
+
+    Args:
+        cls: a transformers Auto class (AutoTokenizer, AutoModelForSequenceClassification, ...).
+        name_or_resolved: a model name or the result of `resolve_model`.
+        trust_remote_code: passed through; off unless the user turns it on.
+    """
+    resolved = resolve_model(name_or_resolved) if isinstance(name_or_resolved, str) else name_or_resolved
+    path = local_path(resolved)
+    try:
+        return cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        if resolved.is_hub:
+            raise _hub_failure(resolved, exc) from None
+        raise ModelError(f"could not load model '{resolved.name}' from {path}: {exc}") from None
+
+
+def load_tokenizer(name_or_resolved: str | ResolvedModel, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model (a fast tokenizer where one exists)."""
+    from transformers import AutoTokenizer
+
+    return from_pretrained(AutoTokenizer, name_or_resolved, trust_remote_code=trust_remote_code)

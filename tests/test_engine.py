@@ -1,0 +1,140 @@
+"""The training engine on a tiny real BERT: accumulation, resume, early stopping, LoRA, freezing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_config
+from safetensors.torch import load_file
+
+from frugal_lm.engine.run import train
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_loss_falls_and_accuracy_rises(tiny_encoder_dir, sentiment_files, tmp_path):
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", epochs=20, eval_every=30, lr=3e-3,
+                      warmup_ratio=0.0, freeze_embeddings=False)
+    summary = train(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["type"] == "train"]
+    assert sum(losses[:5]) / 5 > 0.68  # chance level for two classes is ln 2 = 0.693
+    assert sum(losses[-5:]) / 5 < 0.2
+    assert summary["best"]["accuracy"] >= 0.9
+    assert summary["steps"] == 120  # 48 rows / 8 per batch * 20 epochs
+
+
+def test_accumulation_equals_one_big_batch(tiny_encoder_nodrop_dir, sentiment_files, tmp_path):
+    # 48 rows: one batch of 48 vs micro-batches of 20, 20 and 8 accumulated. Unequal micro-batches
+    # catch a loss normalised per micro-batch instead of over the whole group.
+    big = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / "big", epochs=1, batch_size=48,
+                      group_by_length=False, eval_every=0)
+    acc = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / "acc", epochs=1, batch_size=20,
+                      grad_accum=3, group_by_length=False, eval_every=0)
+    s1, s2 = train(big, progress=False), train(acc, progress=False)
+    assert s1["steps"] == s2["steps"] == 1
+    w1, w2 = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    changed = [k for k in w1 if not torch.equal(w1[k], load_file(str(tiny_encoder_nodrop_dir / "model.safetensors")).get(
+        k.removeprefix("bert."), w1[k]))]
+    assert changed, "one step must change the weights"
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=2e-6, rtol=1e-5)
+
+
+def test_resume_continues_exactly(tiny_encoder_dir, sentiment_files, tmp_path):
+    # Dropout is on in this model, so equal results also prove the RNG state was restored.
+    full = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "full", epochs=3)
+    part = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "part", epochs=3)
+    s_full = train(full, progress=False)
+    s_part = train(part, progress=False, stop_at_step=7)  # mid-epoch, between evaluations
+    assert s_part["stopped"] == "interrupted" and s_part["steps"] == 7
+    assert not (tmp_path / "part" / "model").exists()
+    s_resumed = train(part, resume=True, progress=False)
+    assert s_resumed["steps"] == s_full["steps"] == 18
+    assert s_resumed["final"] == s_full["final"]
+    assert s_resumed["best"] == s_full["best"] and s_resumed["best_step"] == s_full["best_step"]
+    w_full, w_res = weights(tmp_path / "full"), weights(tmp_path / "part")
+    for key in w_full:
+        torch.testing.assert_close(w_full[key], w_res[key], atol=0, rtol=0)
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")
+
+
+def test_early_stopping(tiny_encoder_dir, sentiment_files, tmp_path):
+    # lr 0: the metric never improves after the first evaluation, so patience 2 stops at the third.
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", epochs=5, lr=0.0, eval_every=2,
+                      patience=2)
+    summary = train(cfg, progress=False)
+    assert summary["stopped"] == "early stopping"
+    assert summary["steps"] == 6
+    assert summary["best_step"] == 2
+
+
+def test_freezing_keeps_chosen_parameters_fixed(tiny_encoder_dir, sentiment_files, tmp_path):
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", epochs=1, freeze_embeddings=True,
+                      freeze_layers=1)
+    summary = train(cfg, progress=False)
+    base = load_file(str(tiny_encoder_dir / "model.safetensors"))
+    after = weights(tmp_path / "run")
+    for key, value in after.items():
+        name = key.removeprefix("bert.")
+        if name not in base:
+            continue  # the new head
+        frozen = name.startswith("embeddings.") or name.startswith("encoder.layer.0.")
+        assert torch.equal(value, base[name]) == frozen, key
+    n_frozen = sum(v.numel() for k, v in base.items() if k.startswith(("embeddings.", "encoder.layer.0.")))
+    assert summary["total_parameters"] - summary["trainable_parameters"] == n_frozen
+
+
+def test_lora_trains_adapters_and_head_only(tiny_encoder_dir, sentiment_files, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", epochs=2)
+    cfg.peft.method = "lora"
+    summary = train(cfg, progress=False)
+    run = tmp_path / "run"
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["dense", "key", "query", "value"]
+    assert summary["trainable_parameters"] < summary["total_parameters"] / 2
+    lora = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in lora) and any("classifier" in k for k in lora)
+    # The adapter loads with plain peft onto the base model and agrees with the merged export.
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_encoder_dir), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(str(run / "model")).eval()
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    torch.testing.assert_close(peft_model(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+    # the base encoder's weights are unchanged under LoRA: merged minus base is low-rank, not zero
+    base_w = load_file(str(tiny_encoder_dir / "model.safetensors"))
+    merged_w = weights(run)
+    delta = merged_w["bert.encoder.layer.0.attention.self.query.weight"] - base_w["encoder.layer.0.attention.self.query.weight"]
+    assert 0 < torch.linalg.matrix_rank(delta) <= cfg.peft.r
+    assert torch.equal(merged_w["bert.embeddings.word_embeddings.weight"], base_w["embeddings.word_embeddings.weight"])
+
+
+def test_time_budget_stops_cleanly_and_resumes(tiny_encoder_dir, sentiment_files, tmp_path):
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", epochs=3, max_minutes=1e-9)
+    summary = train(cfg, progress=False)
+    assert summary["stopped"] == "time budget" and summary["steps"] == 1
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+    cfg.train.max_minutes = 0
+    resumed = train(cfg, resume=True, progress=False)
+    assert resumed["stopped"] == "completed" and resumed["steps"] == 18
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_encoder_dir, sentiment_files, tmp_path):
+    from frugal_lm.errors import FrugalError
+
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", max_steps=1)
+    train(cfg, progress=False)
+    with pytest.raises(FrugalError, match="already exists"):
+        train(cfg, progress=False)
+    assert train(cfg, overwrite=True, progress=False)["steps"] == 1
