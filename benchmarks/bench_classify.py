@@ -55,8 +55,13 @@ def run_frugal(rows: int, seed: int) -> dict:
 
 def run_hf(rows: int, seed: int) -> dict:
     import transformers
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from frugal_lm.models.registry import resolve_model
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_config
 from safetensors.torch import load_file
 
+from conftest import make_config
 from frugal_lm.engine.run import train
 
 
