@@ -138,3 +138,37 @@ def test_existing_run_needs_resume_or_overwrite(tiny_encoder_dir, sentiment_file
     with pytest.raises(FrugalError, match="already exists"):
         train(cfg, progress=False)
     assert train(cfg, overwrite=True, progress=False)["steps"] == 1
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny_encoder_nodrop_dir, sentiment_files, tmp_path):
+    plain = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / "plain", max_steps=2, eval_every=0)
+    ckpt = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / "ckpt", max_steps=2, eval_every=0,
+                       gradient_checkpointing=True)
+    train(plain, progress=False)
+    train(ckpt, progress=False)
+    w1, w2 = weights(tmp_path / "plain"), weights(tmp_path / "ckpt")
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-6, rtol=1e-5)
+
+
+def test_precision_on_cpu_is_fp32():
+    from frugal_lm.engine.savers import resolve_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    assert resolve_precision("auto") == "no"
+    assert resolve_precision("bf16") == "bf16"
+
+
+def test_unmerged_lora_run_predicts_like_merged(tiny_encoder_dir, sentiment_files, tmp_path):
+    from frugal_lm.engine.run import load_run
+
+    outputs = {}
+    for merge in (True, False):
+        cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / f"run{merge}", max_steps=3)
+        cfg.peft.method, cfg.peft.merge = "lora", merge
+        train(cfg, progress=False)
+        _, task, model = load_run(tmp_path / f"run{merge}")
+        outputs[merge] = task.evaluate(model, examples=task.encode(task.read(str(sentiment_files[1]))))
+    assert not (tmp_path / "runFalse" / "model").exists()
+    assert outputs[True]["loss"] == pytest.approx(outputs[False]["loss"], abs=1e-5)

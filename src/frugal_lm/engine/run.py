@@ -63,11 +63,12 @@ def _export(run_dir: Path, cfg: RunConfig, task: Any, model: Any) -> None:
     if cfg.peft.method == "lora":
         with atomic_path(run_dir / "adapter") as tmp:
             model.save_pretrained(tmp)
-        merged = model.merge_and_unload() if cfg.peft.merge else None
-        if merged is None:
+            task.tokenizer.save_pretrained(tmp)
+        if not cfg.peft.merge:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
+            task.save_extra(run_dir)
             return
-        model = merged
+        model = model.merge_and_unload()
     with atomic_path(run_dir / "model") as tmp:
         model.save_pretrained(tmp)
         task.tokenizer.save_pretrained(tmp)
@@ -147,14 +148,15 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, Any]:
     """The config, a task (labels restored, tokenizer loaded) and the exported model of a run folder."""
     import json
 
-    from frugal_lm.models.loading import from_pretrained, load_tokenizer
+    from frugal_lm.models.loading import from_pretrained
     from frugal_lm.tasks import get_task
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FrugalError(f"{run_dir}: not a frugal run folder (no config.yaml)")
-    if not (run_dir / "model").is_dir():
-        raise FrugalError(f"{run_dir}: has no exported model/ folder (did training finish? try --resume)")
+    model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir / "adapter"
+    if not model_dir.is_dir():
+        raise FrugalError(f"{run_dir}: has no exported model/ or adapter/ folder (did training finish? try --resume)")
     quiet_transformers()
     cfg = load_config(run_dir / "config.yaml")
     labels = None
@@ -162,10 +164,19 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, Any]:
         labels = json.loads((run_dir / "labels.json").read_text())["labels"]
     task_cls = get_task(cfg.task)
     task = task_cls(cfg, labels=labels)
-    task.tokenizer = load_tokenizer(str(run_dir / "model"))
     import transformers
 
-    model = from_pretrained(getattr(transformers, task_cls.auto_class), str(run_dir / "model"),
-                            trust_remote_code=cfg.model.trust_remote_code)
+    task.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    auto = getattr(transformers, task_cls.auto_class)
+    if model_dir.name == "adapter":  # LoRA run exported without merging: base model + adapter
+        from peft import PeftModel
+
+        from frugal_lm.models.loading import local_path
+        from frugal_lm.models.registry import resolve_model
+
+        base = task.build_model(local_path(resolve_model(cfg.model.name)), cfg.model.trust_remote_code)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = from_pretrained(auto, str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
     model.eval()
     return cfg, task, model

@@ -145,7 +145,11 @@ class Trainer:
             self.total_steps = min(cfg.max_steps, math.ceil(cfg.epochs * self.steps_per_epoch))
         if cfg.gradient_checkpointing:
             base = getattr(model, "get_base_model", lambda: model)()
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed it; older releases only have the old name
+            if hasattr(base, "activation_checkpointing_enable"):
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.trainable, self.total_params = count_parameters(model)
         if self.trainable == 0:
             raise FrugalError("no trainable parameters left: check train.freeze_layers and peft settings")
