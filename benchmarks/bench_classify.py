@@ -133,6 +133,8 @@ def main() -> None:
               f"| {r['peak_rss_mb']:.0f} |")
     print(f"| frugal / HF | {f['examples_per_s'] / h['examples_per_s']:.2f}x | | "
           f"{100 * (f['dev_accuracy'] - h['dev_accuracy']):+.1f} pt | {f['peak_rss_mb'] / h['peak_rss_mb']:.2f}x |")
+    print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{os.cpu_count()} cores")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
 

@@ -180,12 +180,23 @@ def check_labels(records: list[Record], labels: list[str], path: str, column: st
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Plain text, one example per line; blank lines skipped."""
+    """Plain text, one example per line, surrounding whitespace stripped, blank lines skipped.
+
+    Raises:
+        DataError: the file is missing, not UTF-8 (the line is named), or has no text.
+    """
     path = Path(path)
-    if not path.exists():
-        raise DataError(str(path), "file not found")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln]
+    if not path.is_file():
+        raise DataError(str(path), "file not found" if not path.exists() else "not a file")
+    lines = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise DataError(str(path), "not UTF-8 text", line=lineno) from None
+            if line:
+                lines.append(line)
     if not lines:
-        raise DataError(str(path), "no text found; expected one example per line")
+        raise DataError(str(path), "no text found; expected one sentence per line")
     return lines
