@@ -5,7 +5,7 @@ measured separately. The Trainer runs with its defaults plus dynamic padding, 1 
 lr 5e-5, max length 64. frugal runs its default recipe (length-grouped batches, frozen embeddings,
 lr 1e-4) with the same epochs, batch size and max length.
 
-    python benchmarks/bench_classify.py [--rows 8000] [--json out.json]
+    python benchmarks/bench_classify.py [--rows 8000] [--ablation] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,15 @@ def _read(path: Path, rows: int | None) -> tuple[list[str], list[int]]:
     return [t.strip() for t in texts], [int(x) for x in labels]
 
 
-def run_frugal(rows: int, seed: int) -> dict:
+VARIANTS = {
+    "frugal": {},
+    "frugal, random batches": {"group_by_length": False},
+    "frugal, embeddings trained": {"freeze_embeddings": False},
+    "frugal, random batches + embeddings trained": {"group_by_length": False, "freeze_embeddings": False},
+}
+
+
+def run_frugal(rows: int, seed: int, variant: str = "frugal") -> dict:
     from frugal_lm.config import load_config
     from frugal_lm.engine.run import train
 
@@ -43,7 +51,7 @@ def run_frugal(rows: int, seed: int) -> dict:
         cfg = load_config(overrides={
             "output": str(Path(tmp) / "run"), "model": {"name": "minilm", "max_length": 64},
             "data": {"train": str(train_file), "eval": str(DEV), "text_column": "sentence"},
-            "train": {"epochs": 1, "batch_size": 32, "seed": seed},
+            "train": {"epochs": 1, "batch_size": 32, "seed": seed, **VARIANTS[variant]},
         })
         t0 = time.perf_counter()
         summary = train(cfg, progress=False)
@@ -100,7 +108,7 @@ def run_hf(rows: int, seed: int) -> dict:
 
 
 def child(which: str, rows: int, seed: int) -> None:
-    result = (run_frugal if which == "frugal" else run_hf)(rows, seed)
+    result = run_hf(rows, seed) if which == "hf" else run_frugal(rows, seed, which)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -110,14 +118,17 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--child", choices=["frugal", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["hf", *VARIANTS], help=argparse.SUPPRESS)
+    ap.add_argument("--ablation", action="store_true",
+                    help="also run frugal with each default saver turned off, to show what each one gains")
     a = ap.parse_args()
     if a.child:
         child(a.child, a.rows, a.seed)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
-    for which in ("hf", "frugal"):
+    runs = ["hf", *VARIANTS] if a.ablation else ["hf", "frugal"]
+    for which in runs:
         proc = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(a.rows),
                                "--seed", str(a.seed)], capture_output=True, text=True, env=env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -125,14 +136,16 @@ def main() -> None:
             sys.exit(f"{which} failed:\n{proc.stderr[-3000:]}")
         results[which] = json.loads(line[-1][7:])
     f, h = results["frugal"], results["hf"]
+    h["name"] = "HF Trainer"
     print(f"SST-2, MiniLM, {a.rows} train rows, 872 dev rows, 1 epoch, batch 32, max length 64, seed {a.seed}")
-    print("| | train examples/s | train s | dev accuracy | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in (("HF Trainer", h), ("frugal", f)):
-        print(f"| {name} | {r['examples_per_s']:.1f} | {r['train_seconds']:.1f} | {r['dev_accuracy']:.4f} "
-              f"| {r['peak_rss_mb']:.0f} |")
-    print(f"| frugal / HF | {f['examples_per_s'] / h['examples_per_s']:.2f}x | | "
-          f"{100 * (f['dev_accuracy'] - h['dev_accuracy']):+.1f} pt | {f['peak_rss_mb'] / h['peak_rss_mb']:.2f}x |")
+    print("| | train examples/s | vs HF | train s | dev accuracy | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in runs:
+        r = results[name]
+        print(f"| {r.get('name', name)} | {r['examples_per_s']:.1f} | {r['examples_per_s'] / h['examples_per_s']:.2f}x "
+              f"| {r['train_seconds']:.1f} | {r['dev_accuracy']:.4f} | {r['peak_rss_mb']:.0f} |")
+    print(f"\nfrugal / HF: throughput {f['examples_per_s'] / h['examples_per_s']:.2f}x, dev accuracy "
+          f"{100 * (f['dev_accuracy'] - h['dev_accuracy']):+.1f} points, peak RSS {f['peak_rss_mb'] / h['peak_rss_mb']:.2f}x")
     print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{os.cpu_count()} cores")
     if a.json:

@@ -24,16 +24,22 @@ EosTokOpt = Annotated[str | None, Opt("--eos-token", help="end token instead of 
 DeviceOpt = Annotated[str | None, Opt("--device", help="cpu, cuda, ... (default: cuda when available)")]
 
 
+def _texts_and_scorer(model: str, data: str, device: str | None, **options: Any) -> tuple[list[str], Any]:
+    """Read the sentences first (bad input fails before a model loads), then load the scorer."""
+    from frugal_lm.data.readers import read_lines
+
+    texts = read_lines(data)
+    return texts, _load(model, device, **options)
+
+
 def _load(model: str, device: str | None, **options: Any) -> Any:
     """Load a scorer with transformers kept quiet; our own warnings go to stderr as one line each."""
     import warnings
 
-    from transformers.utils import logging as hf_logging
-
     from frugal_lm.lm.scorers import load_scorer
+    from frugal_lm.models.loading import quiet_transformers
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         scorer = load_scorer(model, device=device, **options)
@@ -61,11 +67,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = None,
     ) -> None:
         """Score each sentence; JSON lines: text, log10_prob, tokens, words, ppl (per token), ppl_word."""
-        from frugal_lm.data.readers import read_lines as read_sentences
-
-        texts = read_sentences(data)
-        scorer = _load(model, device, batch_size=batch_size, max_length=max_length, stride=stride, eos=eos,
-                       bos_token=bos_token, eos_token=eos_token)
+        texts, scorer = _texts_and_scorer(model, data, device, batch_size=batch_size, max_length=max_length,
+                                          stride=stride, eos=eos, bos_token=bos_token, eos_token=eos_token)
         lines = "".join(json.dumps(row) + "\n" for row in scorer.score_sentences(texts))
         if output:
             from frugal_lm.io import write_text
@@ -88,11 +91,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = None,
     ) -> None:
         """Corpus perplexity per token and per word (words: whitespace words, +1 per sentence with EOS)."""
-        from frugal_lm.data.readers import read_lines as read_sentences
-
-        texts = read_sentences(data)
-        scorer = _load(model, device, batch_size=batch_size, max_length=max_length, stride=stride, eos=eos,
-                       bos_token=bos_token, eos_token=eos_token)
+        texts, scorer = _texts_and_scorer(model, data, device, batch_size=batch_size, max_length=max_length,
+                                          stride=stride, eos=eos, bos_token=bos_token, eos_token=eos_token)
         result = scorer.perplexity(texts)
         if as_json:
             typer.echo(json.dumps(result))

@@ -40,6 +40,19 @@ class MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def _save(fig: Any, ax: Any, ylabel: str, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
 def plot_curves(records: list[dict[str, Any]], folder: str | Path, metric: str) -> list[str]:
     """Write loss.png (training loss per step) and eval.png (eval metric and loss per step)."""
     import matplotlib
@@ -56,26 +69,12 @@ def plot_curves(records: list[dict[str, Any]], folder: str | Path, metric: str) 
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
         if evals and all("loss" in r for r in evals):
             ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "loss.png", dpi=100)
-        plt.close(fig)
-        written.append("loss.png")
+        written.append(_save(fig, ax, "loss", folder / "loss.png"))
     if evals and any(metric in r for r in evals):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         points = [(r["step"], r[metric]) for r in evals if metric in r]
         ax.plot(*zip(*points, strict=True), "o-", label=metric)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / "eval.png", dpi=100)
-        plt.close(fig)
-        written.append("eval.png")
+        written.append(_save(fig, ax, metric, folder / "eval.png"))
     return written
 
 

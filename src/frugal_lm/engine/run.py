@@ -22,14 +22,7 @@ from typing import Any
 from frugal_lm.config import RunConfig, load_config
 from frugal_lm.errors import FrugalError
 from frugal_lm.io import atomic_path, write_text
-
-
-def quiet_transformers() -> None:
-    """transformers 5 prints load reports and weight-loading bars; keep our own output readable."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+from frugal_lm.models.loading import quiet_transformers
 
 
 def _build(cfg: RunConfig, labels: list[str] | None = None) -> tuple[Any, Any]:

@@ -9,6 +9,14 @@ from frugal_lm.errors import ModelError
 from frugal_lm.models.registry import ResolvedModel, resolve_model
 
 
+def quiet_transformers() -> None:
+    """transformers 5 prints load reports and weight-loading bars; keep our own output readable."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def local_path(resolved: ResolvedModel) -> str:
     """A folder `from_pretrained` reads: GGUF sources are converted once and cached (see models.gguf)."""
     if resolved.gguf_file:
