@@ -37,9 +37,7 @@ def _load(model: str, device: str | None, **options: Any) -> Any:
     import warnings
 
     from frugal_lm.lm.scorers import load_scorer
-    from frugal_lm.models.loading import quiet_transformers
 
-    quiet_transformers()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         scorer = load_scorer(model, device=device, **options)

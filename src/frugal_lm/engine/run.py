@@ -99,9 +99,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
             raise FrugalError(f"{run_dir}: a run already exists here; use --resume to continue it or "
                               "--overwrite to start again")
         shutil.rmtree(run_dir)
-    quiet_transformers()
     set_seed(cfg.train.seed)
-    task, model = _build(cfg)
+    with quiet_transformers():
+        task, model = _build(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -128,7 +128,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     if not trainer.accelerator.is_main_process:
         return summary
     trainer.load_best()
-    _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))
+    with quiet_transformers():
+        _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))
     write_summary(run_dir, summary)
     plot_curves(trainer.log.read(), run_dir, cfg.train.metric)
     write_model_card(run_dir, cfg, summary, task.labels, task.auto_class)
@@ -139,18 +140,22 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, Any]:
     """The config, a task (labels restored, tokenizer loaded) and the exported model of a run folder."""
-    import json
-
-    from frugal_lm.models.loading import from_pretrained
-    from frugal_lm.tasks import get_task
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise FrugalError(f"{run_dir}: not a frugal run folder (no config.yaml)")
     model_dir = run_dir / "model" if (run_dir / "model").is_dir() else run_dir / "adapter"
     if not model_dir.is_dir():
         raise FrugalError(f"{run_dir}: has no exported model/ or adapter/ folder (did training finish? try --resume)")
-    quiet_transformers()
+    with quiet_transformers():
+        return _load_run(run_dir, model_dir)
+
+
+def _load_run(run_dir: Path, model_dir: Path) -> tuple[RunConfig, Any, Any]:
+    import json
+
+    from frugal_lm.models.loading import from_pretrained
+    from frugal_lm.tasks import get_task
+
     cfg = load_config(run_dir / "config.yaml")
     labels = None
     if (run_dir / "labels.json").exists():

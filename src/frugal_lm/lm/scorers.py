@@ -8,10 +8,9 @@ model folder, or a frugal run folder, and returns a scorer whose `score_sentence
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from frugal_lm.lm.scoring import (
     score_causal,
     score_masked,
 )
+from frugal_lm.models.loading import quiet_transformers
 
 CAUSAL, MASKED, NGRAM = "causal", "masked", "ngram"
 
@@ -139,22 +139,6 @@ def detect_kind(config: Any) -> str:
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return CAUSAL
     raise ModelError(f"model type '{model_type}' has neither a causal nor a masked LM head in transformers")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' load reports and 'Loading weights' bars meanwhile (we report what matters)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _pick_device(device: str | None) -> str:

@@ -89,22 +89,15 @@ def _quiet() -> Any:
 
     The GGUF progress bar is a plain tqdm on stderr that ignores transformers' switches, hence the capture.
     """
-    from transformers.utils import logging as hf_logging
+    from frugal_lm.models.loading import quiet_transformers
 
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     buf = io.StringIO()
     try:
-        with contextlib.redirect_stderr(buf):
+        with quiet_transformers(), contextlib.redirect_stderr(buf):
             yield
     except BaseException:
         sys.stderr.write(buf.getvalue())
         raise
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _logits(model: Any, ids: Any) -> Any:

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from frugal_lm.errors import ModelError
 from frugal_lm.models.registry import ResolvedModel, resolve_model
 
 
-def quiet_transformers() -> None:
-    """transformers 5 prints load reports and weight-loading bars; keep our own output readable."""
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' load reports and 'Loading weights' bars meanwhile (we report what matters);
+    the caller's logging settings come back afterwards."""
     from transformers.utils import logging as hf_logging
 
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def local_path(resolved: ResolvedModel) -> str:
