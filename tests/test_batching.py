@@ -64,3 +64,17 @@ def test_collator_pads_to_longest():
     assert batch["labels"].tolist() == [1, 0]
     tokens = Collator(pad_id=0, pad_to_multiple_of=8)([{"input_ids": [1, 2, 3], "labels": [0, 1, -100]}])
     assert tokens["input_ids"].shape == (1, 8) and tokens["labels"].tolist()[0][3:] == [-100] * 5
+
+
+def test_evaluation_batches_respect_a_token_budget():
+    import random
+
+    rng = random.Random(0)
+    lens = [rng.randint(3, 200) for _ in range(400)] + [5] * 100 + [2000]  # one row longer than the budget
+    batches = EpochBatchSampler(lens, 64, shuffle=False, max_tokens=1024).batches(0)
+    assert sorted(i for b in batches for i in b) == list(range(501))
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * max(lens[i] for i in b) <= 1024
+    assert [lens[i] for i in batches[0]] == [2000]  # longest first, alone
+    assert max(len(b) for b in batches) == 64  # short rows still fill whole batches

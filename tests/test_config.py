@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from frugal_lm.config import RunConfig, load_config
+from frugal_lm.config import load_config, task_defaults
 from frugal_lm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,42 @@ def test_round_trip_through_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg
-    assert RunConfig() == load_config()
+    assert task_defaults("classify") == load_config()
+    ner = load_config(sets=["task=ner", "ner.scheme=bioes", "ner.tag_column=3"])
+    path.write_text(ner.to_yaml())
+    assert "ner:\n  scheme: bioes\n" in path.read_text()
+    assert load_config(path) == ner and ner.options.scheme == "bioes" and ner.options.tag_column == 3
+
+
+def test_task_defaults_sit_under_the_users_layers(tmp_path):
+    ner = load_config(overrides={"task": "ner"})
+    classify = load_config()
+    # each task states its own selection metric and compute-saver defaults
+    assert (classify.train.metric, ner.train.metric) == ("accuracy", "f1")
+    assert classify.train.freeze_embeddings is True
+    # a user's value beats the task default, from YAML and from --set
+    yml = tmp_path / "c.yaml"
+    yml.write_text("task: ner\ntrain:\n  metric: token_accuracy\n  freeze_embeddings: false\n")
+    cfg = load_config(yml)
+    assert (cfg.train.metric, cfg.train.freeze_embeddings) == ("token_accuracy", False)
+    assert load_config(yml, sets=["train.metric=loss"]).train.metric == "loss"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.metric=acuracy"], "train.metric: 'acuracy' is not a metric of task classify "
+                                   r"\(did you mean 'accuracy'\?\); its metrics: accuracy, macro_f1, loss"),
+        (["task=ner", "train.metric=accuracy"], "train.metric: 'accuracy' is not a metric of task ner"),
+        (["task=nerr"], r"task: unknown task 'nerr' \(did you mean 'ner'\?\); known tasks: classify, ner"),
+        (["ner.scheme=bio"], "'ner' holds options of task ner, but this run's task is classify"),
+        (["task=ner", "ner.scheme=iob3"], "ner.scheme: expected one of auto, iob1, bio, bioes, plain"),
+        (["task=ner", "data.format=csv"], "data.format: task ner reads conll, jsonl, got 'csv'"),
+    ],
+)
+def test_task_keys_are_validated_at_load_time(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(sets=sets)
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)

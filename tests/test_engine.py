@@ -189,6 +189,6 @@ def test_unmerged_lora_run_predicts_like_merged(tiny_encoder_dir, sentiment_file
         cfg.peft.method, cfg.peft.merge = "lora", merge
         train(cfg, progress=False)
         _, task, model = load_run(tmp_path / f"run{merge}")
-        outputs[merge] = task.evaluate(model, examples=task.encode(task.read(str(sentiment_files[1]))))
+        outputs[merge] = task.evaluate(model, task.read(str(sentiment_files[1])))
     assert not (tmp_path / "runFalse" / "model").exists()
     assert outputs[True]["loss"] == pytest.approx(outputs[False]["loss"], abs=1e-5)

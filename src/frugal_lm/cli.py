@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from frugal_lm.errors import FrugalError
+from frugal_lm.tasks import task_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="frugal: train, evaluate, score and use language models on limited compute.")
@@ -21,9 +22,9 @@ Opt = typer.Option
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML run config (optional: flags alone work)")] = None,
-    task: Annotated[str | None, Opt(help="task: classify")] = None,
+    task: Annotated[str | None, Opt(help=f"what to train: {' | '.join(task_names())} (default classify)")] = None,
     model: Annotated[str | None, Opt(help="alias, local folder or hub id")] = None,
-    train_file: Annotated[str | None, Opt("--train", help="training file (.csv .tsv .jsonl)")] = None,
+    train_file: Annotated[str | None, Opt("--train", help="training file, in a format of the task")] = None,
     eval_file: Annotated[str | None, Opt("--eval", help="evaluation file")] = None,
     output: Annotated[str | None, Opt("--output", "-o", help="run folder")] = None,
     epochs: Annotated[float | None, Opt(help="passes over the training data")] = None,
@@ -41,7 +42,10 @@ def train(
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run folder")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Fine-tune a model; writes a self-describing run folder."""
+    """Fine-tune a model; writes a self-describing run folder.
+
+    Tasks: classify (text classification; CSV, TSV, JSONL), ner (named entities; CoNLL columns or JSONL tokens/tags). `frugal config --task NAME` lists every key with that task's defaults.
+    """
     from frugal_lm.config import load_config
 
     overrides: dict[str, Any] = {}
@@ -85,35 +89,26 @@ def eval_(
     """Evaluate a trained run on a labelled file; prints the metrics as JSON."""
     from frugal_lm.engine.run import load_run
 
-    cfg, task, model = load_run(run_dir)
+    _, task, model = load_run(run_dir)
     records = task.read(data)
-    from frugal_lm.data.readers import check_labels
-
-    check_labels(records, task.labels, data, cfg.data.label_column)
-    metrics = task.evaluate(model, examples=task.encode(records))
-    typer.echo(json.dumps(metrics, indent=2))
+    task.check(records, data)
+    typer.echo(json.dumps(task.evaluate(model, records), indent=2))
 
 
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a frugal run folder")],
-    data: Annotated[str | None, Opt("--data", help="file of texts (.csv .tsv .jsonl, or .txt one per line)")] = None,
-    text: Annotated[list[str] | None, Opt("--text", help="text to classify (repeatable)")] = None,
+    data: Annotated[str | None, Opt("--data", help="file in the task's format, or .txt with one text per line")] = None,
+    text: Annotated[list[str] | None, Opt("--text", help="raw text (repeatable)")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", help="write JSON lines here instead of stdout")] = None,
 ) -> None:
-    """Predict labels; writes JSON lines: input, predicted label, probabilities."""
+    """Predict; writes JSON lines: for classify the label and probabilities, for ner the entity spans."""
     if not data and not text:
         raise FrugalError("predict: give --data FILE or --text \"...\"")
-    from frugal_lm.data.readers import Record, read_lines
     from frugal_lm.engine.run import load_run
 
     _, task, model = load_run(run_dir)
-    if text:
-        records = [Record(t, None, None, i + 1) for i, t in enumerate(text)]
-    elif Path(data).suffix.lower() == ".txt":
-        records = [Record(t, None, None, i + 1) for i, t in enumerate(read_lines(data))]
-    else:
-        records = task.read(data, labelled=False)
+    records = task.inputs(data, text)
     lines = "".join(json.dumps(row) + "\n" for row in task.predict(model, records))
     if output:
         from frugal_lm.io import write_text
@@ -136,16 +131,17 @@ def models() -> None:
 @app.command("config")
 def config_(
     path: Annotated[Path | None, typer.Argument(help="show this YAML resolved; without it, every key")] = None,
+    task: Annotated[str | None, Opt(help=f"show this task's defaults and keys: {' | '.join(task_names())}")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="overrides, as for train")] = None,
 ) -> None:
     """Show every config key with its default and help, or a config resolved and validated."""
     from frugal_lm.config import describe, load_config
 
     if path is None and not set_:
-        for key, tp, default, help_ in describe():
+        for key, tp, default, help_ in describe(task or "classify"):
             typer.echo(f"{key:<30} {tp:<10} {default!s:<12} {help_}")
         return
-    typer.echo(load_config(path, sets=set_ or []).to_yaml(), nl=False)
+    typer.echo(load_config(path, {"task": task} if task else None, sets=set_ or []).to_yaml(), nl=False)
 
 
 def _register_plugins() -> None:

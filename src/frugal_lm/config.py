@@ -23,6 +23,9 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata=meta)
 
 
+option = _f  # for tasks' Options dataclasses: option(default, help, choices)
+
+
 @dataclass
 class ModelConfig:
     name: str = _f("minilm", "bundled alias (see `frugal models`), local model folder, or hub id")
@@ -34,7 +37,8 @@ class ModelConfig:
 class DataConfig:
     train: str | None = _f(None, "training file (.csv, .tsv, .jsonl)")
     eval: str | None = _f(None, "evaluation file, same format; used for eval during training and the best model")
-    format: str | None = _f(None, "file format; taken from the suffix when unset", ("csv", "tsv", "jsonl"))
+    format: str | None = _f(None, "file format, one the task reads (classify: csv, tsv, jsonl; ner: conll, jsonl); "
+                               "taken from the suffix when unset")
     text_column: str = _f("text", "column holding the text")
     text_pair_column: str | None = _f(
         "text_pair", "column holding the second text of a sentence pair; ignored when the file lacks it")
@@ -56,13 +60,15 @@ class TrainConfig:
     eval_every: int = _f(0, "evaluate every N optimizer steps (0: once per epoch); always at the end")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: at each evaluation)")
     log_every: int = _f(10, "log loss, lr and throughput every N optimizer steps")
-    metric: str = _f("accuracy", "evaluation metric that picks the best model and drives early stopping")
+    metric: str = _f("", "evaluation metric that picks the best model and drives early stopping "
+                     "(default: the task's own, e.g. accuracy for classify, f1 for ner)")
     patience: int = _f(0, "stop after N evaluations without improvement (0: never stop early)")
     max_minutes: float = _f(0.0, "wall-time budget; training stops cleanly (and resumably) after it (0: none)")
     precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU",
                         ("auto", "fp32", "bf16", "fp16"))
     group_by_length: bool = _f(True, "batch examples of similar length together: far less padding")
-    freeze_embeddings: bool = _f(True, "keep the embedding matrices fixed: fewer updates, little accuracy lost")
+    freeze_embeddings: bool = _f(False, "keep the embedding matrices fixed: fewer updates, little accuracy lost "
+                                 "(a matrix tied to an output head stays trainable); default per task")
     freeze_layers: int = _f(0, "also keep the first N transformer layers fixed")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, more time")
     class_weights: bool = _f(False, "weight the loss by inverse class frequency (imbalanced labels)")
@@ -81,15 +87,21 @@ class PeftConfig:
 
 @dataclass
 class RunConfig:
-    task: str = _f("classify", "what to train", ("classify",))
+    task: str = _f("classify", "what to train (see `frugal train --help` for the tasks)")
     output: str = _f("runs/run", "run folder")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    # The task's own keys (its Options dataclass), written as a section named after the task: `ner.scheme`.
+    options: Any = field(default=None, metadata={"help": "", "internal": True})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(getattr(self, f.name))
+               else getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        if self.options is not None:
+            out[self.task] = dataclasses.asdict(self.options)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -136,9 +148,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
-    names = {f.name: f for f in dataclasses.fields(obj)}
+    names = {f.name: f for f in dataclasses.fields(obj) if not f.metadata.get("internal")}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if isinstance(obj, RunConfig) and key == "task":
+            continue  # load_config settled the task (and its defaults) before any layer was applied
+        if isinstance(obj, RunConfig) and key not in names:
+            if key == obj.task and obj.options is not None:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{path}: expected a mapping of the {key} task's keys")
+                _apply(obj.options, value, prefix=f"{path}.")
+                continue
+            from frugal_lm.tasks import task_names
+
+            if key in task_names():
+                raise ConfigError(f"'{key}' holds options of task {key}, but this run's task is {obj.task}")
         if key not in names:
             raise ConfigError(f"unknown config key '{path}'; known keys here: {', '.join(names)}")
         current = getattr(obj, key)
@@ -170,9 +194,19 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that the type system cannot express."""
+def validate(cfg: RunConfig, task_cls: Any = None) -> None:
+    """Cross-field checks that the type system cannot express, and the task's own (metric, format)."""
+    from frugal_lm.tasks import did_you_mean, get_task
+
+    task_cls = task_cls or get_task(cfg.task)
     t = cfg.train
+    if t.metric not in task_cls.metrics:
+        raise ConfigError(f"train.metric: '{t.metric}' is not a metric of task {cfg.task}"
+                          f"{did_you_mean(t.metric, list(task_cls.metrics))}; its metrics: "
+                          f"{', '.join(task_cls.metrics)}")
+    if cfg.data.format is not None and cfg.data.format not in task_cls.formats:
+        raise ConfigError(f"data.format: task {cfg.task} reads {', '.join(task_cls.formats)}, "
+                          f"got {cfg.data.format!r}")
     positives = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
                  "train.eval_batch_size": t.eval_batch_size, "model.max_length": cfg.model.max_length,
                  "train.log_every": t.log_every}
@@ -200,7 +234,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     Raises:
         ConfigError: unreadable YAML, unknown key, wrong type or out-of-range value (the key is named).
     """
-    cfg = RunConfig()
+    layers: list[tuple[str | None, dict[str, Any]]] = []
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -211,25 +245,58 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        try:
-            _apply(cfg, data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        layers.append((str(path), data))
     if overrides:
-        _apply(cfg, overrides)
+        layers.append((None, overrides))
     if sets:
-        _apply(cfg, parse_set(sets))
+        layers.append((None, parse_set(sets)))
+    # The task is known first, so that its defaults sit under every layer the user wrote.
+    task = RunConfig.task
+    for where, layer in layers:
+        if "task" in layer:
+            task = layer["task"]
+            if not isinstance(task, str):
+                raise ConfigError(f"{where + ': ' if where else ''}task: expected a task name, got {task!r}")
+    cfg = task_defaults(task)
+    for where, layer in layers:
+        try:
+            _apply(cfg, layer)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
     validate(cfg)
     return cfg
 
 
-def describe() -> list[tuple[str, str, Any, str]]:
-    """Every config key with its type, default and help: for `frugal config` and the docs."""
+def task_defaults(task: str) -> RunConfig:
+    """A RunConfig holding the defaults of `task`: the generic ones, then the task's own."""
+    from frugal_lm.tasks import get_task
+
+    task_cls = get_task(task)
+    cfg = RunConfig(task=task)
+    cfg.options = task_cls.Options() if task_cls.Options is not None else None
+    nested: dict[str, Any] = {}
+    for key, value in task_cls.defaults.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    _apply(cfg, nested)
+    return cfg
+
+
+def describe(task: str = "classify") -> list[tuple[str, str, Any, str]]:
+    """Every config key with its type, default (as `task` sets it) and help: for `frugal config` and the docs.
+
+    The task's own keys come last, under its name (`ner.scheme`).
+    """
     rows = []
 
     def walk(obj: Any, prefix: str) -> None:
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
+            if f.metadata.get("internal"):
+                continue
             value = getattr(obj, f.name)
             if dataclasses.is_dataclass(value):
                 walk(value, f"{prefix}{f.name}.")
@@ -237,5 +304,8 @@ def describe() -> list[tuple[str, str, Any, str]]:
                 rows.append((f"{prefix}{f.name}", getattr(hints[f.name], "__name__", str(hints[f.name])),
                              value, f.metadata.get("help", "")))
 
-    walk(RunConfig(), "")
+    cfg = task_defaults(task)
+    walk(cfg, "")
+    if cfg.options is not None:
+        walk(cfg.options, f"{task}.")
     return rows

@@ -26,12 +26,15 @@ class EpochBatchSampler:
         group_by_length: see above.
         seed: base seed; the order of epoch e depends on (seed, e) only.
         drop_last: drop a final short batch.
+        max_tokens: evaluation order only: also cap each batch at this many padded tokens (rows x longest
+            row), so batches of long inputs hold fewer rows. 0: no cap.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
                  group_by_length: bool = True, seed: int = 0, drop_last: bool = False, mega: int = 50,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, max_tokens: int = 0):
         self.rank, self.world = rank, world
+        self.max_tokens = max_tokens
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -61,6 +64,8 @@ class EpochBatchSampler:
         if not self.shuffle:
             if self.group_by_length:  # evaluation: sort by length for speed; callers restore order
                 idx.sort(key=lambda i: -self.lengths[i])
+                if self.max_tokens:
+                    return self._cut_tokens(idx)
             return self._cut(idx)
         rng = random.Random(self.seed * 1_000_003 + epoch)
         rng.shuffle(idx)
@@ -82,6 +87,17 @@ class EpochBatchSampler:
         out = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
         if self.drop_last and out and len(out[-1]) < self.batch_size:
             out.pop()
+        return out
+
+    def _cut_tokens(self, idx: list[int]) -> list[list[int]]:
+        """Cut longest-first indices into batches of at most batch_size rows and max_tokens padded tokens."""
+        out: list[list[int]] = []
+        for i in idx:
+            if out and len(out[-1]) < self.batch_size and \
+                    (len(out[-1]) + 1) * self.lengths[out[-1][0]] <= self.max_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

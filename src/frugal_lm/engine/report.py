@@ -84,7 +84,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_model_card(folder: str | Path, cfg: Any, summary: dict[str, Any], labels: list[str] | None,
+def write_model_card(folder: str | Path, cfg: Any, summary: dict[str, Any], data_lines: list[str],
                      auto_class: str) -> None:
     """A short README.md: what was trained, on what, with which settings, and how well it did."""
     t, d = cfg.train, cfg.data
@@ -100,8 +100,7 @@ def write_model_card(folder: str | Path, cfg: Any, summary: dict[str, Any], labe
         f"- train: `{d.train}` ({summary.get('train_examples', '?')} examples)",
         f"- eval: `{d.eval}` ({summary.get('eval_examples', '?')} examples)",
     ]
-    if labels:
-        lines.append(f"- labels: {', '.join(labels)}")
+    lines += data_lines
     lines += [
         "",
         "## Settings",

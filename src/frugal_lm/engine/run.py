@@ -2,7 +2,7 @@
 
 Run folder layout:
     config.yaml      resolved config (everything needed to rebuild the run)
-    labels.json      label map (classification)
+    labels.json      label map (classification, NER): the task's saved state, see Task.state_file
     model/           the best model + tokenizer; `AutoModelFor...from_pretrained("model")` loads it
     adapter/         LoRA runs: the peft adapter (with the task head); model/ holds the merged model
     metrics.jsonl    one line per logging step and per evaluation
@@ -25,7 +25,11 @@ from frugal_lm.io import atomic_path, write_text
 from frugal_lm.models.loading import quiet_transformers
 
 
-def _build(cfg: RunConfig, labels: list[str] | None = None) -> tuple[Any, Any]:
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _build(cfg: RunConfig) -> tuple[Any, Any]:
     """Task with data read and encoded, and the model with compute savers applied."""
     import torch
 
@@ -36,18 +40,19 @@ def _build(cfg: RunConfig, labels: list[str] | None = None) -> tuple[Any, Any]:
 
     resolved = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
-    task = get_task(cfg.task)(cfg, labels=labels)
+    task = get_task(cfg.task)(cfg)
     task.prepare(tokenizer)  # reads and checks all data before the model is loaded
     torch.manual_seed(cfg.train.seed)  # the new head's init depends on the seed only
     model = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
     t = cfg.train
     if cfg.peft.method == "lora":
         p = cfg.peft
-        model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, task.peft_task_type)
+        model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, task.peft_task_type,
+                           task.head_modules)
         if t.freeze_layers:
             freeze(model, embeddings=False, first_layers=t.freeze_layers)
     else:
-        freeze(model, embeddings=t.freeze_embeddings, first_layers=t.freeze_layers)
+        freeze(model, embeddings=t.freeze_embeddings, first_layers=t.freeze_layers, log=_log)
     return task, model
 
 
@@ -98,10 +103,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         if not overwrite:
             raise FrugalError(f"{run_dir}: a run already exists here; use --resume to continue it or "
                               "--overwrite to start again")
-        shutil.rmtree(run_dir)
     set_seed(cfg.train.seed)
     with quiet_transformers():
-        task, model = _build(cfg)
+        task, model = _build(cfg)  # data and model checked first: a failed start leaves an old run as it was
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -112,7 +118,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     summary = {
         "task": cfg.task, "model": cfg.model.name, "stopped": state.stopped or "completed",
         "steps": state.step, "epochs": round(state.step / trainer.steps_per_epoch, 4),
-        "train_examples": len(task.train_set), "eval_examples": len(task.eval_set),
+        "train_examples": task.train_count, "eval_examples": len(task.eval_records),
         "train_seconds": round(state.elapsed, 3),
         "train_examples_per_s": state.examples / state.elapsed if state.elapsed else 0.0,
         "train_tokens_per_s": state.tokens / state.elapsed if state.elapsed else 0.0,
@@ -132,7 +138,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))
     write_summary(run_dir, summary)
     plot_curves(trainer.log.read(), run_dir, cfg.train.metric)
-    write_model_card(run_dir, cfg, summary, task.labels, task.auto_class)
+    write_model_card(run_dir, cfg, summary, task.card_lines(), task.auto_class)
     if state.stopped != "time budget":  # a budget stop may be resumed; keep the best weights for it
         (run_dir / "best.safetensors").unlink(missing_ok=True)
     return summary
@@ -151,17 +157,12 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, Any]:
 
 
 def _load_run(run_dir: Path, model_dir: Path) -> tuple[RunConfig, Any, Any]:
-    import json
-
     from frugal_lm.models.loading import from_pretrained
     from frugal_lm.tasks import get_task
 
     cfg = load_config(run_dir / "config.yaml")
-    labels = None
-    if (run_dir / "labels.json").exists():
-        labels = json.loads((run_dir / "labels.json").read_text())["labels"]
     task_cls = get_task(cfg.task)
-    task = task_cls(cfg, labels=labels)
+    task = task_cls(cfg, saved=task_cls.load_extra(run_dir))
     import transformers
 
     task.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))

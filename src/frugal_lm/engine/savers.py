@@ -18,10 +18,6 @@ LORA_TARGETS = {
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
 
-# Heads that stay fully trainable (and are saved with a LoRA adapter), by task.
-HEAD_MODULES = ["classifier", "score", "pre_classifier"]
-
-
 def resolve_precision(precision: str) -> str:
     """Map the config's precision to accelerate's mixed_precision ("no", "bf16", "fp16").
 
@@ -44,17 +40,47 @@ def _layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def freeze(model: Any, embeddings: bool, first_layers: int) -> None:
-    """Stop gradients for the embedding matrices and/or the first `first_layers` transformer layers."""
+def output_head_parameters(model: Any) -> set[int]:
+    """Storage pointers of the output head's weights (BERT's MLM decoder, GPT-2's lm_head), when it has one.
+
+    With tied embeddings these are the input embedding matrix itself, so freezing "the embeddings" would
+    silently freeze the head; `freeze` uses this set to keep them trainable.
+    """
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get is not None else None
+    if head is None:
+        return set()
+    return {p.data_ptr() for p in head.parameters()}
+
+
+def freeze(model: Any, embeddings: bool, first_layers: int, log: Any = None) -> list[str]:
+    """Stop gradients for the embedding matrices and/or the first `first_layers` transformer layers.
+
+    A weight shared with the output head (tied embeddings) is never frozen: the head must learn. Returns
+    the names of tied weights kept trainable (and reports them through `log`, a print-like callable).
+    """
     base = getattr(model, "base_model", model)
+    head = output_head_parameters(model)
+    kept: list[str] = []
+
+    def stop(name: str, p: Any) -> None:
+        if p.data_ptr() in head:
+            if name not in kept:
+                kept.append(name)
+            return
+        p.requires_grad_(False)
+
     if embeddings:
-        for module in (base.get_input_embeddings(),):
-            for p in module.parameters():
-                p.requires_grad_(False)
+        names = {id(p): n for n, p in model.named_parameters()}
+        for p in base.get_input_embeddings().parameters():
+            stop(names.get(id(p), "input embeddings"), p)
         for name, p in model.named_parameters():
             # position and token-type embeddings and the embedding LayerNorm sit beside the word matrix
             if re.search(r"(^|\.)(embeddings|wpe|wte)\.", name + "."):
-                p.requires_grad_(False)
+                stop(name, p)
+        if kept and log is not None:
+            log(f"note: {', '.join(kept)} is tied to the output head, so it stays trainable "
+                "(train.freeze_embeddings freezes the other embedding weights)")
     if first_layers:
         n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", 0)
         if first_layers > n_layers:
@@ -63,10 +89,13 @@ def freeze(model: Any, embeddings: bool, first_layers: int) -> None:
             index = _layer_index(name)
             if index is not None and index < first_layers:
                 p.requires_grad_(False)
+    return kept
 
 
-def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str], task_type: str) -> Any:
-    """Wrap `model` with LoRA adapters; the task head stays fully trainable and is saved with the adapter."""
+def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str], task_type: str,
+               head_modules: tuple[str, ...] | list[str] = ()) -> Any:
+    """Wrap `model` with LoRA adapters; the task head (those of `head_modules` the model has) stays fully
+    trainable and is saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
     if not targets:
@@ -75,7 +104,7 @@ def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str
             raise ConfigError(f"peft.target_modules: no default for model type '{model_type}'; "
                               "set the module names to adapt")
         targets = LORA_TARGETS[model_type]
-    heads = [h for h in HEAD_MODULES if any(n.split(".")[0] == h for n, _ in model.named_children())]
+    heads = [h for h in head_modules if any(n.split(".")[0] == h for n, _ in model.named_children())]
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type=task_type, modules_to_save=heads or None)
     return get_peft_model(model, config)

@@ -1,7 +1,7 @@
 """The one training loop, shared by every task. Explicit and readable top to bottom.
 
-A task supplies `loss(model, batch) -> (summed loss, count)`, `count(batch)` and
-`evaluate(model, device) -> metrics`. The engine does the rest: AdamW with warmup and a schedule,
+A task (see tasks/base.py) supplies `loss(model, batch) -> (summed loss, count)`, `count(batch)`,
+`evaluate(model, device=...) -> metrics` and the direction of its metrics. The engine does the rest: AdamW with warmup and a schedule,
 gradient accumulation normalised over the whole accumulation group, clipping, evaluation, early
 stopping, best-model tracking, atomic checkpoints, exact resume, time budget, progress and logs.
 Devices, precision and multi-process runs come from Hugging Face Accelerate.
@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from frugal_lm.config import TrainConfig
 from frugal_lm.data.batching import Collator, EpochBatchSampler
@@ -24,14 +24,7 @@ from frugal_lm.engine.checkpoint import load_checkpoint, save_checkpoint, traina
 from frugal_lm.engine.report import MetricsLog
 from frugal_lm.engine.savers import count_parameters, resolve_precision
 from frugal_lm.errors import FrugalError
-
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl")
-
-
-class Task(Protocol):
-    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, int]: ...
-    def count(self, batch: dict[str, Any]) -> int: ...
-    def evaluate(self, model: Any, device: Any) -> dict[str, Any]: ...
+from frugal_lm.tasks.base import Task
 
 
 @dataclass
@@ -52,10 +45,6 @@ class LoopState:
     tokens: int = 0
     log_lines: int = 0
     stopped: str | None = None
-
-
-def higher_is_better(metric: str) -> bool:
-    return not any(word in metric for word in LOWER_IS_BETTER)
 
 
 class _Interrupt:
@@ -134,7 +123,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=self.precision)
         acc = self.accelerator
         self.sampler = EpochBatchSampler(
-            [len(e["input_ids"]) for e in train_set], cfg.batch_size, shuffle=True,
+            task.lengths(train_set), cfg.batch_size, shuffle=True,
             group_by_length=cfg.group_by_length, seed=cfg.seed,
             rank=acc.process_index, world=acc.num_processes)
         if len(self.sampler) == 0:
@@ -235,17 +224,18 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        self.state.examples += n_local
+        # examples are batch rows (sentences, windows), whatever the loss counts (tokens for NER)
+        self.state.examples += sum(int(b["input_ids"].shape[0]) for b in group)
         return loss_sum / max(1, n_local)
 
     def _evaluate(self) -> dict[str, Any]:
-        metrics = self.task.evaluate(self.accelerator.unwrap_model(self.model), self.accelerator.device)
+        metrics = self.task.evaluate(self.accelerator.unwrap_model(self.model), device=self.accelerator.device)
         s, metric = self.state, self.cfg.metric
         if metric not in metrics:
             raise FrugalError(f"train.metric: '{metric}' is not among the evaluation metrics "
                               f"({', '.join(k for k in metrics if not isinstance(metrics[k], (dict, list)))})")
         value = metrics[metric]
-        better = s.best is None or (value > s.best if higher_is_better(metric) else value < s.best)
+        better = s.best is None or (value > s.best if self.task.higher_is_better(metric) else value < s.best)
         if better:
             s.best, s.best_step, s.best_metrics, s.bad_evals = value, s.step, metrics, 0
             self.save_best()
@@ -281,8 +271,8 @@ class Trainer:
                 batches = iter(self.sampler)
                 while remaining > 0 and s.step < self.total_steps and s.stopped is None:
                     take = min(cfg.grad_accum, remaining)
+                    t0 = time.perf_counter()  # batching counts as training time
                     group = [self.collator([self.train_set[i] for i in next(batches)]) for _ in range(take)]
-                    t0 = time.perf_counter()
                     loss = self._step(group)
                     s.elapsed += time.perf_counter() - t0
                     s.batch_in_epoch += take
