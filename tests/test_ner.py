@@ -294,3 +294,23 @@ def test_overwrite_with_bad_data_keeps_the_old_run(ner_run, ner_model_dir, tmp_p
     proc = frugal("train", "--task", "ner", "--model", ner_model_dir, "--train", tmp_path / "bad.conll",
                   "--output", run, "--overwrite")
     assert proc.returncode == 2 and (run / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_lora_ner_run_exported_unmerged_predicts_like_merged(ner_model_dir, ner_files, tmp_path):
+    from frugal_lm.engine.run import load_run, train
+
+    rows = {}
+    for merge in (True, False):
+        cfg = ner_config(ner_model_dir, ner_files, tmp_path / f"run{merge}", max_steps=6, eval_every=0)
+        cfg.peft.method, cfg.peft.merge = "lora", merge
+        train(cfg, progress=False)
+        _, task, model = load_run(tmp_path / f"run{merge}")
+        probs = task._word_logits(model, task.read(str(ner_files[1])))[0]
+        rows[merge] = probs
+    assert (tmp_path / "runFalse" / "adapter" / "adapter_config.json").exists()
+    assert not (tmp_path / "runFalse" / "model").exists()
+    assert json.loads((tmp_path / "runFalse" / "adapter" / "adapter_config.json").read_text())["task_type"] == "TOKEN_CLS"
+    import numpy as np
+
+    for a, b in zip(rows[True], rows[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

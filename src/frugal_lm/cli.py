@@ -44,7 +44,7 @@ def train(
 ) -> None:
     """Fine-tune a model; writes a self-describing run folder.
 
-    Tasks: classify (text classification; CSV, TSV, JSONL), ner (named entities; CoNLL columns or JSONL tokens/tags). `frugal config --task NAME` lists every key with that task's defaults.
+    Tasks: classify (text classification; CSV, TSV, JSONL), ner (named entities; CoNLL columns or JSONL tokens/tags), clm (causal LM fine-tuning; plain text or instruction JSONL). `frugal config --task NAME` lists every key with that task's defaults.
     """
     from frugal_lm.config import load_config
 
@@ -144,14 +144,15 @@ def config_(
     typer.echo(load_config(path, {"task": task} if task else None, sets=set_ or []).to_yaml(), nl=False)
 
 
+# Command groups that live in their own modules; each has `register(app)`.
+PLUGINS = ("frugal_lm.cli_ngram", "frugal_lm.cli_score", "frugal_lm.cli_generate")
+
+
 def _register_plugins() -> None:
     import importlib
 
-    for name in ("frugal_lm.cli_ngram", "frugal_lm.cli_score"):
-        try:  # TEMP during development
-            importlib.import_module(name).register(app)
-        except ModuleNotFoundError:
-            pass
+    for name in PLUGINS:
+        importlib.import_module(name).register(app)
 
 
 def main() -> None:

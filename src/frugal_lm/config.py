@@ -37,7 +37,7 @@ class ModelConfig:
 class DataConfig:
     train: str | None = _f(None, "training file (.csv, .tsv, .jsonl)")
     eval: str | None = _f(None, "evaluation file, same format; used for eval during training and the best model")
-    format: str | None = _f(None, "file format, one the task reads (classify: csv, tsv, jsonl; ner: conll, jsonl); "
+    format: str | None = _f(None, "file format, one the task reads (classify: csv, tsv, jsonl; ner: conll, jsonl; clm: txt, jsonl); "
                                "taken from the suffix when unset")
     text_column: str = _f("text", "column holding the text")
     text_pair_column: str | None = _f(

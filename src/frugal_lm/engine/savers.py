@@ -105,7 +105,10 @@ def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str
                               "set the module names to adapt")
         targets = LORA_TARGETS[model_type]
     heads = [h for h in head_modules if any(n.split(".")[0] == h for n, _ in model.named_children())]
+    # GPT-2 stores its projections as Conv1D (weights transposed); peft must be told, or it warns and fixes it
+    fan_in_fan_out = getattr(model.config, "model_type", "") == "gpt2"
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        fan_in_fan_out=fan_in_fan_out,
                         task_type=task_type, modules_to_save=heads or None)
     return get_peft_model(model, config)
 

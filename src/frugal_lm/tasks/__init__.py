@@ -15,6 +15,7 @@ from frugal_lm.errors import ConfigError
 TASKS: dict[str, str] = {
     "classify": "frugal_lm.tasks.classify:ClassifyTask",
     "ner": "frugal_lm.tasks.ner:NerTask",
+    "clm": "frugal_lm.tasks.clm:CausalLMTask",
 }
 
 

@@ -34,7 +34,7 @@ from frugal_lm.data.tags import (
     to_bio,
 )
 from frugal_lm.engine.inference import map_batches
-from frugal_lm.errors import DataError
+from frugal_lm.errors import ConfigError, DataError
 from frugal_lm.tasks.labels import IGNORE, LabelTask, log_softmax, softmax
 
 # Raw text (predict --text, .txt files) is split into words the way CoNLL data is: punctuation apart.
@@ -194,8 +194,8 @@ class NerTask(LabelTask):
         prefix, suffix = self._specials()
         width = self.cfg.model.max_length - len(prefix) - len(suffix)
         if width < 1:
-            raise DataError("model.max_length", f"{self.cfg.model.max_length} leaves no room beside the "
-                            f"{len(prefix) + len(suffix)} special tokens")
+            raise ConfigError(f"model.max_length: {self.cfg.model.max_length} leaves no room beside the "
+                              f"{len(prefix) + len(suffix)} special tokens")
         index, all_sub = self.label2id, self.options.label_all_subtokens
         examples, windows = [], []
         for k, (s, (ids, wids)) in enumerate(zip(records, self._subtokens(records), strict=True)):
