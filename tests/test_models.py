@@ -65,3 +65,17 @@ def test_minilm_fine_tunes_end_to_end(tmp_path):
     assert torch.equal(model.bert.embeddings.word_embeddings.weight,
                        AutoModelForSequenceClassification.from_pretrained(resolve_model("minilm").path)
                        .bert.embeddings.word_embeddings.weight)
+
+
+def test_base_model_name_follows_run_folders(tmp_path):
+    from frugal_lm.models.registry import base_model_name
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, parent in ((first, "smollm2"), (second, str(first))):
+        (run / "model").mkdir(parents=True)
+        (run / "config.yaml").write_text(f"task: clm\nmodel:\n  name: {parent}\n")
+    assert base_model_name(str(second)) == "smollm2"  # a run trained from a run trained from the alias
+    assert base_model_name("minilm") == "minilm"
+    assert base_model_name(str(tmp_path / "missing")) == str(tmp_path / "missing")
+    (first / "config.yaml").write_text(":\n- not a mapping")
+    assert base_model_name(str(second)) == str(first)  # an unreadable config stops the walk there

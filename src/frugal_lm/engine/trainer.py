@@ -103,7 +103,7 @@ class Trainer:
 
     Args:
         model: a transformers model (optionally wrapped by peft) with requires_grad set as wanted.
-        task: see the Task protocol.
+        task: a Task (tasks/base.py): loss, count, evaluate and the direction of its metrics.
         train_set: encoded examples (dicts of lists / ints) as the task's collator expects.
         collator: pads a list of examples into a batch.
         cfg: the train section of the run config.

@@ -76,8 +76,9 @@ def document_boundaries(tokenizer: Any, model_name: str = "", bos_token: str = "
     """(start, end) token ids of a plain-text document: the given tokens, else the alias's own boundary
     tokens (see `lm.scorers.ALIAS_BOUNDARIES`: `frugal perplexity` uses the same), else BOS / EOS."""
     from frugal_lm.lm.scorers import ALIAS_BOUNDARIES, _token_id
+    from frugal_lm.models.registry import base_model_name
 
-    alias_bos, alias_eos = ALIAS_BOUNDARIES.get(model_name, ("", ""))
+    alias_bos, alias_eos = ALIAS_BOUNDARIES.get(base_model_name(model_name) if model_name else "", ("", ""))
     bos, eos = bos_token or alias_bos, eos_token or alias_eos
     return (_token_id(tokenizer, bos) if bos else tokenizer.bos_token_id,
             _token_id(tokenizer, eos) if eos else tokenizer.eos_token_id)

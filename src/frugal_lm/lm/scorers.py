@@ -215,7 +215,9 @@ def load_scorer(model_or_run: str, *, kind: str | None = None, batch_size: int |
             raise ModelError(f"{model_or_run}: no such ARPA file")
         return NgramScorer(model_or_run, eos=eos)
     model, tokenizer, kind, notes = load_transformer(model_or_run, kind, device, trust_remote_code)
-    default_bos, default_eos = ALIAS_BOUNDARIES.get(model_or_run, (None, None))
+    from frugal_lm.models.registry import base_model_name
+
+    default_bos, default_eos = ALIAS_BOUNDARIES.get(base_model_name(model_or_run), (None, None))
     scorer = TransformerScorer(model, tokenizer, kind, model_or_run, batch_size, max_length, stride,
                                eos=eos and kind == CAUSAL, bos_token=bos_token or default_bos,
                                eos_token=eos_token or default_eos)

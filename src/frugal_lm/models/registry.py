@@ -120,6 +120,26 @@ def resolve_model(name: str) -> ResolvedModel:
     return ResolvedModel(name, name, "hub")
 
 
+def base_model_name(name: str) -> str:
+    """The model a name finally rests on: for a run folder, the `model.name` its config.yaml was trained
+    from (followed through runs trained from runs); anything else is returned as it is. Lets a run of
+    `smollm2` keep the alias's conventions (its document boundary tokens) in `perplexity` and `generate`."""
+    import yaml
+
+    for _ in range(16):  # a chain of runs trained from runs; a loop of folders would be a user's mistake
+        path = Path(name).expanduser()
+        if name in ALIASES or not (path.is_dir() and (path / "config.yaml").is_file()):
+            return name
+        try:
+            parent = (yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}).get("model", {})
+        except (yaml.YAMLError, AttributeError):
+            return name
+        if not isinstance(parent, dict) or not isinstance(parent.get("name"), str):
+            return name
+        name = parent["name"]
+    return name
+
+
 def list_aliases() -> list[dict[str, str]]:
     """Describe each bundled alias and where it loads from (or why it cannot)."""
     rows = []
