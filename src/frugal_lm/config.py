@@ -37,8 +37,8 @@ class ModelConfig:
 class DataConfig:
     train: str | None = _f(None, "training file (.csv, .tsv, .jsonl)")
     eval: str | None = _f(None, "evaluation file, same format; used for eval during training and the best model")
-    format: str | None = _f(None, "file format, one the task reads (classify: csv, tsv, jsonl; ner: conll, jsonl; clm: txt, jsonl); "
-                               "taken from the suffix when unset")
+    format: str | None = _f(None, "file format, one the task reads (its formats are checked when the config "
+                               "loads); taken from the suffix when unset")
     text_column: str = _f("text", "column holding the text")
     text_pair_column: str | None = _f(
         "text_pair", "column holding the second text of a sentence pair; ignored when the file lacks it")
@@ -97,10 +97,10 @@ class RunConfig:
     options: Any = field(default=None, metadata={"help": "", "internal": True})
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(getattr(self, f.name))
-               else getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
-        if self.options is not None:
-            out[self.task] = dataclasses.asdict(self.options)
+        out = dataclasses.asdict(self)
+        options = out.pop("options")
+        if options is not None:
+            out[self.task] = options
         return out
 
     def to_yaml(self) -> str:
@@ -194,11 +194,11 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: RunConfig, task_cls: Any = None) -> None:
+def validate(cfg: RunConfig) -> None:
     """Cross-field checks that the type system cannot express, and the task's own (metric, format)."""
     from frugal_lm.tasks import did_you_mean, get_task
 
-    task_cls = task_cls or get_task(cfg.task)
+    task_cls = get_task(cfg.task)
     t = cfg.train
     if t.metric not in task_cls.metrics:
         raise ConfigError(f"train.metric: '{t.metric}' is not a metric of task {cfg.task}"
