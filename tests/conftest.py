@@ -102,5 +102,7 @@ def make_config(model_dir: Path, files: tuple[Path, Path], output: Path, **train
 
     t = {"epochs": 2, "batch_size": 8, "lr": 5e-3, "log_every": 1, "eval_every": 3, "seed": 0}
     t.update(train)
+    # finetune: the toy sets are small enough for classify.method=auto to pick the few-shot recipe
     return load_config(overrides={"output": str(output), "model": {"name": str(model_dir), "max_length": 32},
-                                  "data": {"train": str(files[0]), "eval": str(files[1])}, "train": t})
+                                  "data": {"train": str(files[0]), "eval": str(files[1])}, "train": t,
+                                  "classify": {"method": "finetune"}})

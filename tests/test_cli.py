@@ -26,7 +26,8 @@ def trained_run(tiny_encoder_dir, sentiment_files, tmp_path_factory) -> Path:
     cfg = run.parent / "cfg.yaml"
     cfg.write_text(f"model:\n  name: {tiny_encoder_dir}\n  max_length: 32\ntrain:\n  epochs: 1\n  lr: 5.0e-3\n")
     proc = frugal("train", cfg, "--train", sentiment_files[0], "--eval", sentiment_files[1], "--output", run,
-                  "--batch-size", "8", "--set", "train.eval_every=3", "--set", "train.log_every=2", "--quiet")
+                  "--batch-size", "8", "--set", "train.eval_every=3", "--set", "train.log_every=2", "--quiet",
+                  "--method", "finetune")  # 24 rows per class: auto would pick the few-shot recipe
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["stopped"] == "completed" and last["steps"] == 6
@@ -37,6 +38,7 @@ def test_run_folder_contents(trained_run):
     files = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
     assert files == {
         "config.yaml", "labels.json", "metrics.jsonl", "metrics.json", "loss.png", "eval.png", "README.md",
+        "confusion.png",
         "model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/tokenizer_config.json",
         "checkpoint/trainable.safetensors", "checkpoint/optimizer.pt", "checkpoint/scheduler.json",
         "checkpoint/state.json", "checkpoint/rng.safetensors",

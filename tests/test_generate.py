@@ -76,6 +76,13 @@ def test_a_stop_string_stops(gen):
     shown: list[str] = []
     streamed = gen.stream(PROMPTS[0], opts, shown.append)
     assert "".join(shown) == streamed.text == cut.text  # the stop string is never shown
+    # the token count ends at the token that completed the stop string, alone or padded inside a batch
+    (ids,) = gen._run([gen.encode(PROMPTS[0])], GenerationOptions(max_new_tokens=20, repetition_penalty=3.0))
+    expected = next(k for k in range(1, len(ids) + 1)
+                    if stop in gen.tokenizer.decode(ids[:k], skip_special_tokens=True))
+    assert cut.tokens == expected
+    batched = gen.generate([PROMPTS[0], PROMPTS[1]], opts, batch_size=2)
+    assert batched[0].text == cut.text and batched[0].tokens == expected
 
 
 def test_a_seed_reproduces_samples(gen):

@@ -460,7 +460,7 @@ def test_cli_train_writes_arpa_and_json(app, tmp_path):
     assert json.loads(res.output)["ngrams"] == summary["ngrams"]
     assert (tmp_path / "two.arpa").read_text() == out.read_text()
     # human-readable summary with pruning and a vocabulary cut
-    res = CliRunner().invoke(app, ["ngram", "train", "-o", "2", "-d", str(PTB50), "--output", str(out),
+    res = CliRunner().invoke(app, ["ngram", "train", "-n", "2", "-d", str(PTB50), "-o", str(out),
                                    "--prune", "0,1", "--vocab-size", "100"])
     assert res.exit_code == 0, res.output
     assert "2-grams" in res.output and NgramModel(out).counts[0] == 103

@@ -37,14 +37,23 @@ def train(
     text_column: Annotated[str | None, Opt(help="column with the text")] = None,
     label_column: Annotated[str | None, Opt(help="column with the label")] = None,
     lora: Annotated[bool, Opt("--lora", help="train LoRA adapters instead of the full model")] = False,
+    method: Annotated[str | None, Opt(help="classify: auto | finetune | fewshot (contrastive pairs + a head; "
+                                      "auto picks it below ~100 examples per class)")] = None,
+    objective: Annotated[str | None, Opt(help="pretrain: mlm | mlm+nsp | clm (the text: one sentence per "
+                                         "line, a blank line between documents)")] = None,
+    tokenizer: Annotated[str | None, Opt(help="tokenizer folder for a from-scratch preset such as "
+                                         "bert-mini or gpt-mini (`frugal presets`)")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="override any config key: --set train.lr=3e-5")] = None,
     resume: Annotated[bool, Opt("--resume", help="continue the run in --output from its last checkpoint")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run folder")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar")] = False,
+    processes: Annotated[int, Opt("--processes", min=1, help="data-parallel processes on this machine (CPU "
+                                  "cores or GPUs), through torch.distributed.run; global batch = processes x "
+                                  "batch size x accumulation")] = 1,
 ) -> None:
     """Fine-tune a model; writes a self-describing run folder.
 
-    Tasks: classify (text classification; CSV, TSV, JSONL), ner (named entities; CoNLL columns or JSONL tokens/tags), clm (causal LM fine-tuning; plain text or instruction JSONL). `frugal config --task NAME` lists every key with that task's defaults.
+    Tasks: classify (text classification; CSV, TSV, JSONL), ner (named entities; CoNLL columns or JSONL tokens/tags), clm (causal LM fine-tuning; plain text or instruction JSONL), pretrain (MLM, MLM+NSP or CLM on raw text, from a preset or a model). `frugal config --task NAME` lists every key with that task's defaults.
     """
     from frugal_lm.config import load_config
 
@@ -67,14 +76,25 @@ def train(
         put("train", key, value)
     if lora:
         put("peft", "method", "lora")
+    put("model", "tokenizer", tokenizer)
+    put("pretrain", "objective", objective)
+    put("classify", "method", method)
     if resume and config is None and output and (Path(output) / "config.yaml").exists():
         config = Path(output) / "config.yaml"  # the run folder remembers its own config
     cfg = load_config(config, overrides, set_ or [])
     if resume and not output and not (Path(cfg.output) / "config.yaml").exists():
         raise FrugalError(f"--resume: {cfg.output} is not a run folder; pass --output RUN_DIR")
+    from frugal_lm.engine.distributed import in_launch, is_main, launch, without_option
+
+    if processes > 1 and not in_launch():  # the config checked once here, then the same command N times
+        raise typer.Exit(launch(without_option(sys.argv[1:], "--processes"), processes))
     from frugal_lm.engine.run import train as run_train
 
-    summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    # on resume, --max-minutes is a new budget for this session; without it a budget-stopped run trains on
+    summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet,
+                        budget_minutes=max_minutes if resume else None)
+    if not is_main():
+        return
     best = summary.get("best") or {}
     shown = {k: round(v, 4) for k, v in best.items() if isinstance(v, float)}
     typer.echo(json.dumps({"run": cfg.output, "stopped": summary["stopped"], "steps": summary["steps"],
@@ -145,7 +165,8 @@ def config_(
 
 
 # Command groups that live in their own modules; each has `register(app)`.
-PLUGINS = ("frugal_lm.cli_ngram", "frugal_lm.cli_score", "frugal_lm.cli_generate")
+PLUGINS = ("frugal_lm.cli_ngram", "frugal_lm.cli_cv", "frugal_lm.cli_score", "frugal_lm.cli_generate", "frugal_lm.cli_serve",
+           "frugal_lm.cli_pretrain")
 
 
 def _register_plugins() -> None:
@@ -161,7 +182,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except FrugalError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from frugal_lm.engine.distributed import is_main
+
+        if is_main():  # every process of a multi-process run meets the same error; one line says it
+            typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)

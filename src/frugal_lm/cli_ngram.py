@@ -26,10 +26,11 @@ def register(app: typer.Typer) -> None:
 
     @ngram_app.command("train")
     def train_cmd(
-        order: int = typer.Option(..., "--order", "-o", help="Highest n-gram order (1 or more)."),
+        # -n, not KenLM's -o: everywhere in frugal -o means --output
+        order: int = typer.Option(..., "--order", "-n", help="Highest n-gram order (1 or more)."),
         data: list[Path] = typer.Option(
             ..., "--data", "-d", help="Training text, one sentence per line; repeat for several files."),
-        output: Path = typer.Option(..., "--output", help="ARPA file to write."),
+        output: Path = typer.Option(..., "--output", "-o", help="ARPA file to write."),
         vocab_size: int | None = typer.Option(None, "--vocab-size",
                                               help="Keep the N most frequent words; map the rest to <unk>."),
         prune: str | None = typer.Option(

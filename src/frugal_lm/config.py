@@ -31,6 +31,8 @@ class ModelConfig:
     name: str = _f("minilm", "bundled alias (see `frugal models`), local model folder, or hub id")
     max_length: int = _f(128, "longest input in tokens; longer inputs are truncated")
     trust_remote_code: bool = _f(False, "run model code shipped with a hub model; off unless you trust it")
+    tokenizer: str | None = _f(None, "tokenizer folder for a from-scratch preset (bert-mini, gpt-mini, ...: "
+                               "`frugal presets`); other models bring their own")
 
 
 @dataclass
@@ -71,8 +73,14 @@ class TrainConfig:
                                  "(a matrix tied to an output head stays trainable); default per task")
     freeze_layers: int = _f(0, "also keep the first N transformer layers fixed")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, more time")
-    class_weights: bool = _f(False, "weight the loss by inverse class frequency (imbalanced labels)")
+    class_weights: str = _f("", "weight the loss per class (imbalanced labels): 'balanced' (inverse frequency, "
+                            "as scikit-learn; 'true' too), explicit 'LABEL=W,LABEL=W' (unlisted: 1), or '' (off)")
+    balanced_sampler: bool = _f(False, "batches hold every class equally often (smaller classes repeated); "
+                                "classification only; length grouping is then off")
     eval_batch_size: int = _f(128, "examples per evaluation batch")
+    nonfinite: str = _f("stop", "a step whose loss or gradient norm is NaN or infinite: stop at once with a "
+                        "diagnosis (step, lr, the batch's texts), or skip it (counted in metrics.json, logged)",
+                        ("stop", "skip"))
 
 
 @dataclass
@@ -82,6 +90,8 @@ class PeftConfig:
     alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r)")
     dropout: float = _f(0.05, "dropout on the LoRA input")
     target_modules: list[str] = _f([], "module names to adapt; empty: sensible defaults per architecture")
+    top_layers: int = _f(0, "adapt only the last N transformer layers (0: all). Below the first adapted layer "
+                         "nothing needs a gradient, so backward stops there: on a CPU the biggest saving")
     merge: bool = _f(True, "also export a merged model folder beside the adapter")
 
 
@@ -164,7 +174,10 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             if key in task_names():
                 raise ConfigError(f"'{key}' holds options of task {key}, but this run's task is {obj.task}")
         if key not in names:
-            raise ConfigError(f"unknown config key '{path}'; known keys here: {', '.join(names)}")
+            from frugal_lm.tasks import did_you_mean
+
+            raise ConfigError(f"unknown config key '{path}'{did_you_mean(key, list(names))}; "
+                              f"known keys here: {', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -241,8 +254,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: config file not found")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         layers.append((str(path), data))
@@ -265,6 +281,48 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
     validate(cfg)
     return cfg
+
+
+# What a resumed run may change: nothing that moves the data position or the result.
+RESUMABLE = ("output", "train.max_minutes", "train.log_every", "train.nonfinite")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_config(run_dir: str | Path, requested: RunConfig) -> tuple[RunConfig, list[str]]:
+    """The config a resumed run continues with: the run folder's own config.yaml, with only the keys of
+    RESUMABLE taken from `requested` (the budget, logging). Returns it and the keys that changed.
+
+    Raises:
+        ConfigError: `requested` differs from the saved config in a key a resume cannot change (batch size,
+            accumulation, seed, data files, ...): it would misalign the data position or the schedule.
+    """
+    path = Path(run_dir) / "config.yaml"
+    saved = load_config(path)
+    old, new = _flat(saved.to_dict()), _flat(requested.to_dict())
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key not in RESUMABLE:
+            raise ConfigError(
+                f"--resume: {key} is {old.get(key)!r} in {path} but {new.get(key)!r} was asked; a resumed run "
+                f"keeps its config (only {', '.join(RESUMABLE[1:])} may change). Start a new run to change it "
+                "(another --output, or --overwrite)")
+        changed.append(key)
+    for key in changed:
+        section, _, leaf = key.rpartition(".")
+        target = getattr(saved, section) if section else saved
+        setattr(target, leaf, getattr(getattr(requested, section) if section else requested, leaf))
+    return saved, changed
 
 
 def task_defaults(task: str) -> RunConfig:

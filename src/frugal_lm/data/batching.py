@@ -28,12 +28,15 @@ class EpochBatchSampler:
         drop_last: drop a final short batch.
         max_tokens: evaluation order only: also cap each batch at this many padded tokens (rows x longest
             row), so batches of long inputs hold fewer rows. 0: no cap.
+        labels: training order only: the class of each example, for class-balanced batches (see
+            `_balanced`); length grouping is then off.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
                  group_by_length: bool = True, seed: int = 0, drop_last: bool = False, mega: int = 50,
-                 rank: int = 0, world: int = 1, max_tokens: int = 0):
+                 rank: int = 0, world: int = 1, max_tokens: int = 0, labels: Sequence[int] | None = None):
         self.rank, self.world = rank, world
+        self.labels = list(labels) if labels is not None else None
         self.max_tokens = max_tokens
         self.lengths = list(lengths)
         self.batch_size = batch_size
@@ -68,6 +71,8 @@ class EpochBatchSampler:
                     return self._cut_tokens(idx)
             return self._cut(idx)
         rng = random.Random(self.seed * 1_000_003 + epoch)
+        if self.labels is not None:
+            return self._cut(self._balanced(rng))
         rng.shuffle(idx)
         if not self.group_by_length:
             return self._cut(idx)
@@ -82,6 +87,29 @@ class EpochBatchSampler:
         first = batches.pop(longest)
         rng.shuffle(batches)
         return [first, *batches]
+
+    def _balanced(self, rng: random.Random) -> list[int]:
+        """Every class equally often: each class's shuffled indices, smaller classes repeated (reshuffled
+        each pass) up to the largest class's count, dealt in rounds of one example per class in random
+        order. A batch whose size is a multiple of the class count holds each class equally."""
+        groups: dict[int, list[int]] = {}
+        for i, label in enumerate(self.labels or []):
+            groups.setdefault(label, []).append(i)
+        most = max(len(g) for g in groups.values())
+        columns = []
+        for label in sorted(groups):
+            column: list[int] = []
+            while len(column) < most:
+                chunk = groups[label][:]
+                rng.shuffle(chunk)
+                column.extend(chunk)
+            columns.append(column[:most])
+        order: list[int] = []
+        for row in zip(*columns, strict=True):
+            row = list(row)
+            rng.shuffle(row)
+            order.extend(row)
+        return order
 
     def _cut(self, idx: list[int]) -> list[list[int]]:
         out = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]

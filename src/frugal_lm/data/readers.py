@@ -42,7 +42,8 @@ def detect_format(path: Path, fmt: str | None) -> str:
 def _rows(path: Path, fmt: str) -> tuple[list[str] | None, list[tuple[int, dict[str, Any]]]]:
     """Yield (line number, row dict); the header for tabular files."""
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8", newline="") as fh:
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         if fmt == "jsonl":
             for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
@@ -63,20 +64,29 @@ def _rows(path: Path, fmt: str) -> tuple[list[str] | None, list[tuple[int, dict[
             reader = csv.reader(fh)
         csv.field_size_limit(sys.maxsize)
         header: list[str] | None = None
+        lineno = 0
         try:
             for fields in reader:
-                lineno = reader.line_num
+                start, lineno = lineno + 1, reader.line_num  # a quoted field may span lines
                 if header is None:
                     header = [h.strip() for h in fields]
                     if not any(header):
                         raise DataError(str(path), "empty header line; expected column names", line=lineno)
+                    twice = sorted({h for h in header if header.count(h) > 1})
+                    if twice:
+                        raise DataError(str(path), f"duplicate column name(s) {', '.join(map(repr, twice))} in the "
+                                        "header; expected each column named once", line=lineno)
                     continue
                 if not fields or (len(fields) == 1 and not fields[0].strip()):
                     continue
                 if len(fields) != len(header):
+                    if lineno > start and fmt == "csv":
+                        raise DataError(str(path), f"a quoted field opened on line {start} runs on to line {lineno}: "
+                                        "an unclosed quote? (expected a closing \" before the end of the row)",
+                                        line=start)
                     raise DataError(str(path), f"expected {len(header)} fields ({', '.join(header)}), "
                                     f"found {len(fields)}", line=lineno)
-                rows.append((lineno, dict(zip(header, fields, strict=True))))
+                rows.append((start, dict(zip(header, fields, strict=True))))
         except csv.Error as exc:
             raise DataError(str(path), f"malformed {fmt.upper()}: {exc}", line=reader.line_num) from None
         return header, rows
@@ -110,7 +120,9 @@ def read_records(path: str | Path, fmt: str | None = None, text_column: str = "t
     try:
         header, rows = _rows(path, fmt)
     except UnicodeDecodeError as exc:
-        raise DataError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise _not_utf8(path, exc) from None
+    except OSError as exc:  # unreadable: permissions, a device, a vanished network file
+        raise DataError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     if not rows:
         raise DataError(str(path), "no examples found; expected a header line and at least one row"
                         if fmt != "jsonl" else "no examples found; expected one JSON object per line")
@@ -130,6 +142,9 @@ def read_records(path: str | Path, fmt: str | None = None, text_column: str = "t
         text = row[text_column]
         if not isinstance(text, str) or not text.strip():
             raise DataError(str(path), "empty text; expected a non-empty string", line=lineno, field=text_column)
+        if "\x00" in text:
+            raise DataError(str(path), "a NUL byte in the text (binary data?); expected plain text", line=lineno,
+                            field=text_column)
         pair = None
         if use_pair:
             pair = row[text_pair_column]
@@ -145,8 +160,31 @@ def read_records(path: str | Path, fmt: str | None = None, text_column: str = "t
                 raise DataError(str(path), f"bad label {label!r}; expected a string or an integer", line=lineno,
                                 field=label_column)
             label = _canonical(label)
+            if fmt != "jsonl" and label in MISSING:
+                raise DataError(str(path), f"label {label!r} looks like a missing value (as pandas writes one); "
+                                "expected a class name", line=lineno, field=label_column)
         records.append(Record(text.strip(), pair.strip() if pair else None, label, lineno))
     return records
+
+
+# What a spreadsheet or pandas writes for a missing cell; never a class anyone means.
+MISSING = {"nan", "NaN", "NULL", "null", "#N/A"}
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    """Name the line of the first undecodable byte, and say when the file is UTF-16 rather than broken."""
+    with path.open("rb") as fh:
+        if fh.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return DataError(str(path), "UTF-16 text; expected UTF-8 (save the file as UTF-8)")
+        fh.seek(0)
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return DataError(str(path), f"not UTF-8 text ({bad.reason}: byte 0x{raw[bad.start]:02x} at column "
+                                 f"{bad.start + 1}); expected UTF-8 (a latin-1 file converts with: "
+                                 "iconv -f latin1 -t utf-8)", line=lineno)
+    return DataError(str(path), f"not UTF-8 text ({exc.reason}); expected UTF-8")
 
 
 def _int_like(value: Any) -> bool:

@@ -78,6 +78,30 @@ def plot_curves(records: list[dict[str, Any]], folder: str | Path, metric: str) 
     return written
 
 
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: str | Path) -> str:
+    """A confusion-matrix heat map (rows: gold label, columns: predicted), counts written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.55 * k))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    top = max(max(row) for row in matrix) if matrix else 0
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path).name
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else str(value)

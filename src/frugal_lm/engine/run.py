@@ -14,13 +14,16 @@ Run folder layout:
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from frugal_lm.config import RunConfig, load_config
-from frugal_lm.errors import FrugalError
+from frugal_lm.engine.report import plot_curves, write_model_card, write_summary
+from frugal_lm.errors import FrugalError, ModelError
 from frugal_lm.io import atomic_path, write_text
 from frugal_lm.models.loading import quiet_transformers
 
@@ -38,17 +41,25 @@ def _build(cfg: RunConfig) -> tuple[Any, Any]:
     from frugal_lm.models.registry import resolve_model
     from frugal_lm.tasks import get_task
 
-    resolved = resolve_model(cfg.model.name)
+    resolved = resolve_model(cfg.model.name, tokenizer=cfg.model.tokenizer)
     tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     task = get_task(cfg.task)(cfg)
     task.prepare(tokenizer)  # reads and checks all data before the model is loaded
     torch.manual_seed(cfg.train.seed)  # the new head's init depends on the seed only
     model = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
+    if resolved.adapter:  # a LoRA run exported without merging: its adapter goes onto the base model first
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"{cfg.model.name}: its LoRA adapter does not fit this task's model "
+                             f"({str(exc).splitlines()[0][:200]})") from None
     t = cfg.train
     if cfg.peft.method == "lora":
         p = cfg.peft
         model = apply_lora(model, p.r, p.alpha, p.dropout, p.target_modules, task.peft_task_type,
-                           task.head_modules)
+                           task.head_modules, top_layers=p.top_layers)
         if t.freeze_layers:
             freeze(model, embeddings=False, first_layers=t.freeze_layers)
     else:
@@ -73,32 +84,62 @@ def _export(run_dir: Path, cfg: RunConfig, task: Any, model: Any) -> None:
     task.save_extra(run_dir)
 
 
+FINISHED = ("completed", "early stopping")
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          stop_at_step: int | None = None) -> dict[str, Any]:
+          stop_at_step: int | None = None, budget_minutes: float | None = None) -> dict[str, Any]:
     """Train a model as `cfg` says and write the run folder.
 
     Args:
         cfg: the validated run config.
-        resume: continue from `cfg.output`'s checkpoint (the folder's own config.yaml wins).
-        overwrite: replace an existing run folder.
+        resume: continue from `cfg.output`'s checkpoint. The folder's own config.yaml wins: `cfg` may differ
+            from it only in the keys of config.RESUMABLE (the budget, logging).
+        overwrite: replace an existing run folder, once the new run has made its first step.
         progress: progress bar on stderr.
         stop_at_step: stop (checkpointed, resumable) after this step, as an interruption would.
+        budget_minutes: on resume, a time budget for this session (0: none). Without it, a run that its
+            budget stopped trains on to its planned end, and any other keeps the budget it had.
 
     Returns:
         The summary also written to metrics.json.
 
     Raises:
-        FrugalError: bad config or data (before training starts), existing run without resume/overwrite.
+        FrugalError: bad config or data (before training starts), existing run without resume/overwrite,
+            a resume that would change the run's config, a corrupt checkpoint.
     """
+    import time
+
+    started = time.perf_counter()  # the time budget counts loading as well: wall time as the user sees it
     from accelerate.utils import set_seed
 
-    from frugal_lm.engine.report import plot_curves, write_model_card, write_summary
+    from frugal_lm.config import resume_config
+    from frugal_lm.engine.checkpoint import read_state, recover_checkpoint, remove_temporaries
+    from frugal_lm.engine.distributed import process_state
     from frugal_lm.engine.trainer import Trainer
 
     run_dir = Path(cfg.output)
+    ps = process_state()
+    saved: dict[str, Any] | None = None
     if resume:
         if not (run_dir / "config.yaml").exists():
             raise FrugalError(f"{run_dir}: not a run folder (no config.yaml) — nothing to resume")
+        cfg, changed = resume_config(run_dir, cfg)
+        cfg.output = str(run_dir)
+        if budget_minutes is None and "train.max_minutes" in changed:
+            budget_minutes = cfg.train.max_minutes
+        if ps.is_main_process:
+            remove_temporaries(run_dir)  # half-written saves of a killed session
+            note = recover_checkpoint(run_dir / "checkpoint")
+            if note:
+                _log(note)
+        ps.wait_for_everyone()
+        saved = read_state(run_dir / "checkpoint")
+        done = _finished_summary(run_dir, saved)
+        if done is not None:
+            _log(f"{run_dir}: this run already ended ({saved['stopped']} at step {saved['step']}); "
+                 "nothing to do: its model/ and metrics.json stay as they are")
+            return done
     elif (run_dir / "config.yaml").exists() or (run_dir / "checkpoint").exists():
         if not overwrite:
             raise FrugalError(f"{run_dir}: a run already exists here; use --resume to continue it or "
@@ -106,42 +147,115 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     set_seed(cfg.train.seed)
     with quiet_transformers():
         task, model = _build(cfg)  # data and model checked first: a failed start leaves an old run as it was
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_text(run_dir / "config.yaml", cfg.to_yaml())
-    trainer = Trainer(model, task, task.train_set, task.collator(), cfg.train, run_dir)
-    if resume:
-        trainer.resume()
-    state = trainer.fit(has_eval=bool(task.eval_set), stop_at_step=stop_at_step, progress=progress)
+    train_cfg = cfg.train
+    if task.train_overrides():  # the task's recipe for this run (e.g. a few-shot contrastive stage)
+        import dataclasses
+
+        train_cfg = dataclasses.replace(cfg.train, **task.train_overrides())
+        _log(f"{cfg.task}: training with " + ", ".join(f"train.{k}={v}" for k, v in task.train_overrides().items()))
+    trainer = Trainer(model, task, task.train_set, task.collator(), train_cfg, run_dir,
+                      group=(saved or {}).get("group") or None)
+    if saved and saved.get("processes", 1) != trainer.accelerator.num_processes and ps.is_main_process:
+        _log(f"note: this run was checkpointed by {saved.get('processes', 1)} process(es) and continues on "
+             f"{trainer.accelerator.num_processes}, accumulating {trainer.accum} micro-batch(es) each per step: "
+             f"the global batch stays {trainer.group} x {cfg.train.batch_size} examples")
+    replaced = _set_up_folder(run_dir, cfg, resume, overwrite, ps)
+    before = trainer.resume(budget_minutes) if resume else None
+
+    def started_ok() -> None:  # the new run is under way: the run it replaces can go
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+
+    try:
+        if before is not None and before.stopped in FINISHED:  # ended, but its export was cut short
+            state = trainer.state
+            state.stopped = before.stopped
+        else:
+            state = trainer.fit(has_eval=bool(task.eval_set), stop_at_step=stop_at_step, progress=progress,
+                                started=started, on_started=started_ok)
+    except BaseException as exc:
+        if replaced is not None and replaced.exists():  # a failed start: put the old run back
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.replace(replaced, run_dir)
+        if isinstance(exc, OSError):  # a full disk, a quota, a folder gone: say what is safe
+            raise FrugalError(_write_failure(run_dir, trainer, exc)) from None
+        raise
+    started_ok()
     summary = {
         "task": cfg.task, "model": cfg.model.name, "stopped": state.stopped or "completed",
         "steps": state.step, "epochs": round(state.step / trainer.steps_per_epoch, 4),
         "train_examples": task.train_count, "eval_examples": len(task.eval_records),
-        "train_seconds": round(state.elapsed, 3),
+        "train_seconds": round(state.elapsed, 3), "wall_seconds": round(state.wall, 3),
         "train_examples_per_s": state.examples / state.elapsed if state.elapsed else 0.0,
         "train_tokens_per_s": state.tokens / state.elapsed if state.elapsed else 0.0,
         "trainable_parameters": trainer.trainable, "total_parameters": trainer.total_params,
         "precision": {"no": "fp32"}.get(trainer.precision, trainer.precision),
+        "processes": trainer.accelerator.num_processes, "skipped_steps": state.skipped,
         "metric": cfg.train.metric, "best_step": state.best_step,
         "final": state.last_metrics, "best": state.best_metrics,
     }
     if state.stopped == "interrupted":
-        print(f"stopped after step {state.step}; continue with: frugal train --resume --output {run_dir}",
-              file=sys.stderr)
+        if ps.is_main_process:
+            print(f"stopped after step {state.step}; continue with: frugal train --resume --output {run_dir}",
+                  file=sys.stderr)
         return summary
     if not trainer.accelerator.is_main_process:
         return summary
-    trainer.load_best()
-    with quiet_transformers():
-        _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))
-    write_summary(run_dir, summary)
-    plot_curves(trainer.log.read(), run_dir, cfg.train.metric)
-    write_model_card(run_dir, cfg, summary, task.card_lines(), task.auto_class)
+    if not trainer.export_current:
+        trainer.load_best()
+    from frugal_lm.engine.inference import local_only
+
+    with local_only():  # the other processes have returned: nothing may wait for them
+        task.finish(trainer.accelerator.unwrap_model(trainer.model), run_dir)  # e.g. fit a head, plot
+    try:
+        with quiet_transformers(), local_only():
+            _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))
+        plot_curves(trainer.log.read(), run_dir, cfg.train.metric)
+        write_model_card(run_dir, cfg, summary, task.card_lines(), task.auto_class)
+        write_summary(run_dir, summary)  # last: a run folder with metrics.json has its full export
+    except OSError as exc:
+        raise FrugalError(_write_failure(run_dir, trainer, exc)) from None
     if state.stopped != "time budget":  # a budget stop may be resumed; keep the best weights for it
         (run_dir / "best.safetensors").unlink(missing_ok=True)
     return summary
+
+
+def _write_failure(run_dir: Path, trainer: Any, exc: OSError) -> str:
+    """The message for a write that failed mid-run (a full disk, a quota, a file-size limit)."""
+    what = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    if trainer.saved_step is None:
+        return f"{run_dir}: writing failed: {what}{where}; no checkpoint had been written yet"
+    return (f"{run_dir}: writing failed: {what}{where}; the checkpoint of step {trainer.saved_step} is intact: "
+            f"free some space, then continue with: frugal train --resume --output {run_dir}")
+
+
+def _finished_summary(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any] | None:
+    """metrics.json of a run that ended (completed, early-stopped) and was fully exported; else None."""
+    path = run_dir / "metrics.json"
+    if saved.get("stopped") not in FINISHED or not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("steps") == saved.get("step") else None
+
+
+def _set_up_folder(run_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool, ps: Any) -> Path | None:
+    """Create the run folder (main process). An old run being overwritten is moved aside, not deleted:
+    returns where, so that it can come back if the new run fails to start."""
+    replaced = None
+    if ps.is_main_process:
+        if overwrite and not resume and run_dir.exists():
+            replaced = run_dir.with_name(f".{run_dir.name}.replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(run_dir, replaced)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_text(run_dir / "config.yaml", cfg.to_yaml())
+    ps.wait_for_everyone()
+    return replaced
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, Any, Any]:
@@ -166,14 +280,15 @@ def _load_run(run_dir: Path, model_dir: Path) -> tuple[RunConfig, Any, Any]:
     import transformers
 
     task.tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    auto = getattr(transformers, task_cls.auto_class)
+    auto = getattr(transformers, task.auto_class)  # the instance's: pretraining's depends on its objective
     if model_dir.name == "adapter":  # LoRA run exported without merging: base model + adapter
         from peft import PeftModel
 
         from frugal_lm.models.loading import local_path
         from frugal_lm.models.registry import resolve_model
 
-        base = task.build_model(local_path(resolve_model(cfg.model.name)), cfg.model.trust_remote_code)
+        base = task.build_model(local_path(resolve_model(cfg.model.name, cfg.model.tokenizer)),
+                                cfg.model.trust_remote_code)
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
         model = from_pretrained(auto, str(model_dir), trust_remote_code=cfg.model.trust_remote_code)

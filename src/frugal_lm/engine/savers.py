@@ -93,9 +93,10 @@ def freeze(model: Any, embeddings: bool, first_layers: int, log: Any = None) -> 
 
 
 def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str], task_type: str,
-               head_modules: tuple[str, ...] | list[str] = ()) -> Any:
+               head_modules: tuple[str, ...] | list[str] = (), top_layers: int = 0) -> Any:
     """Wrap `model` with LoRA adapters; the task head (those of `head_modules` the model has) stays fully
-    trainable and is saved with the adapter."""
+    trainable and is saved with the adapter. `top_layers` > 0 adapts only the last N transformer layers:
+    autograd then records nothing below them (the embeddings are frozen), so backward stops there."""
     from peft import LoraConfig, get_peft_model
 
     if not targets:
@@ -107,8 +108,14 @@ def apply_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str
     heads = [h for h in head_modules if any(n.split(".")[0] == h for n, _ in model.named_children())]
     # GPT-2 stores its projections as Conv1D (weights transposed); peft must be told, or it warns and fixes it
     fan_in_fan_out = getattr(model.config, "model_type", "") == "gpt2"
+    layers = None
+    if top_layers:
+        n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", 0)
+        if top_layers > n_layers:
+            raise ConfigError(f"peft.top_layers: the model has {n_layers} layers, got {top_layers}")
+        layers = list(range(n_layers - top_layers, n_layers))
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        fan_in_fan_out=fan_in_fan_out,
+                        fan_in_fan_out=fan_in_fan_out, layers_to_transform=layers,
                         task_type=task_type, modules_to_save=heads or None)
     return get_peft_model(model, config)
 

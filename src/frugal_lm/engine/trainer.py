@@ -14,13 +14,13 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from frugal_lm.config import TrainConfig
 from frugal_lm.data.batching import Collator, EpochBatchSampler
-from frugal_lm.engine.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from frugal_lm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, trainable_state, writing
 from frugal_lm.engine.report import MetricsLog
 from frugal_lm.engine.savers import count_parameters, resolve_precision
 from frugal_lm.errors import FrugalError
@@ -33,14 +33,19 @@ class LoopState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed, all processes together
     best: float | None = None
     best_step: int | None = None
     best_metrics: dict[str, Any] = field(default_factory=dict)
     last_metrics: dict[str, Any] = field(default_factory=dict)
     last_eval_step: int = -1
     bad_evals: int = 0
-    elapsed: float = 0.0  # training seconds, evaluation excluded
+    elapsed: float = 0.0  # training seconds, evaluation excluded (throughput)
+    wall: float = 0.0  # wall seconds of every session of the run, loading and evaluation included
+    budget_s: float | None = None  # the time budget: stop once `wall` reaches it (None: no budget)
+    group: int = 0  # micro-batches per optimizer step, all processes together (processes x accumulation)
+    processes: int = 1
+    skipped: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
     examples: int = 0
     tokens: int = 0
     log_lines: int = 0
@@ -48,17 +53,21 @@ class LoopState:
 
 
 class _Interrupt:
-    """First Ctrl-C: finish the current step, checkpoint, exit. Second Ctrl-C: stop at once."""
+    """First Ctrl-C or SIGTERM (a scheduler's or `kill`'s polite stop): finish the current step, checkpoint,
+    exit. A second one: stop at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -69,8 +78,8 @@ class _Interrupt:
               file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -98,6 +107,15 @@ def _scheduler(optimizer: Any, name: str, warmup: int, total: int) -> Any:
     return LambdaLR(optimizer, factor)
 
 
+def _class_labels(train_set: list[dict[str, Any]]) -> list[int]:
+    """The class of each example, for train.balanced_sampler (one integer label per example)."""
+    labels = [e.get("labels") for e in train_set]
+    if not all(isinstance(x, int) for x in labels):
+        raise FrugalError("train.balanced_sampler: needs one class label per example (classification); "
+                          "this task's examples have none or several")
+    return labels
+
+
 class Trainer:
     """Train `model` on encoded examples for `task`, writing checkpoints and logs into `run_dir`.
 
@@ -108,10 +126,18 @@ class Trainer:
         collator: pads a list of examples into a batch.
         cfg: the train section of the run config.
         run_dir: where checkpoint/, metrics.jsonl and best weights go.
+        group: micro-batches per optimizer step over all processes; default processes x train.grad_accum.
+            A resumed run passes its checkpoint's, so the global batch (and with it the data order, the
+            schedule and the result) stays the same on another number of processes.
+
+    With several processes, every step takes the next `group` batches of one global order (the same for
+    any number of processes) and deals them out: the step is the one a single process would take with
+    `group` accumulated micro-batches, only computed in parallel.
     """
 
     def __init__(self, model: Any, task: Task, train_set: list[dict[str, Any]], collator: Collator,
-                 cfg: TrainConfig, run_dir: str | Path):
+                 cfg: TrainConfig, run_dir: str | Path, group: int | None = None):
+        import torch
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -120,15 +146,30 @@ class Trainer:
         self.collator = collator
         self.train_set = train_set
         self.precision = resolve_precision(cfg.precision)
-        self.accelerator = Accelerator(mixed_precision=self.precision)
+        # without cpu=True, accelerate does not see a CPU-only torchrun launch as distributed (gloo)
+        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
         acc = self.accelerator
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            # checkpoints, best weights and the export read whole parameters from one process; sharded
+            # states need gathering (accelerator.get_state_dict) that has not been verified on GPUs yet
+            raise FrugalError(f"{acc.distributed_type.name}: sharded training is not supported by frugal's "
+                              "checkpoints yet; use DDP (examples/accelerate/ddp_multi_gpu.yaml, or "
+                              "--processes N), with train.gradient_checkpointing and LoRA to save memory")
+        world = acc.num_processes
+        self.group = group or cfg.grad_accum * world
+        if self.group % world:
+            raise FrugalError(f"this run takes {self.group} micro-batches per optimizer step (its processes x "
+                              f"train.grad_accum), which {world} processes cannot share evenly: use a "
+                              f"number of processes that divides {self.group}")
+        self.accum = self.group // world
+        # one global batch order for every number of processes; each step deals its batches out
         self.sampler = EpochBatchSampler(
             task.lengths(train_set), cfg.batch_size, shuffle=True,
             group_by_length=cfg.group_by_length, seed=cfg.seed,
-            rank=acc.process_index, world=acc.num_processes)
+            labels=_class_labels(train_set) if cfg.balanced_sampler else None)
         if len(self.sampler) == 0:
-            raise FrugalError(f"too few training examples ({len(train_set)}) for {acc.num_processes} processes")
-        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.grad_accum)
+            raise FrugalError(f"too few training examples ({len(train_set)}) for one batch")
+        self.steps_per_epoch = math.ceil(len(self.sampler) / self.group)
         self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * self.steps_per_epoch)
         if cfg.max_steps and cfg.epochs:
             self.total_steps = min(cfg.max_steps, math.ceil(cfg.epochs * self.steps_per_epoch))
@@ -149,8 +190,10 @@ class Trainer:
         self.scheduler = _scheduler(optimizer, cfg.scheduler, warmup, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.state = LoopState()
+        self.state = LoopState(group=self.group, processes=world, budget_s=cfg.max_minutes * 60 or None)
         self._shown = ""  # the progress bar's last loss / throughput text
+        self.export_current = False  # export the weights as they are, not best.safetensors (see _evaluate)
+        self.saved_step: int | None = None  # the step of the last checkpoint written (or resumed from)
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -158,21 +201,47 @@ class Trainer:
         return self.run_dir / "checkpoint"
 
     def save(self) -> None:
-        self.state.log_lines = self.log.lines()
-        if self.accelerator.is_main_process:
-            save_checkpoint(self.checkpoint_dir, self.accelerator.unwrap_model(self.model), self.optimizer,
-                            self.scheduler, vars(self.state))
-        self.accelerator.wait_for_everyone()
+        """Checkpoint (main process only), with every process's RNG state."""
+        from accelerate.utils import gather_object
 
-    def resume(self) -> None:
-        """Restore model, optimizer, scheduler, RNG, data position and logs from the last checkpoint."""
-        if not (self.checkpoint_dir / "state.json").exists():
-            raise FrugalError(f"{self.run_dir}: no checkpoint to resume from")
-        saved = load_checkpoint(self.checkpoint_dir, self.accelerator.unwrap_model(self.model),
-                                self.optimizer, self.scheduler)
-        self.state = LoopState(**saved)
-        self.state.stopped = None
-        self.log.truncate(self.state.log_lines)
+        acc = self.accelerator
+        self.state.log_lines = self.log.lines()
+        self.state.group, self.state.processes = self.group, acc.num_processes
+        rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
+        if acc.is_main_process:
+            save_checkpoint(self.checkpoint_dir, acc.unwrap_model(self.model), self.optimizer,
+                            self.scheduler, vars(self.state), rngs)
+        self.saved_step = self.state.step
+        acc.wait_for_everyone()
+
+    def resume(self, budget_minutes: float | None = None) -> LoopState:
+        """Restore model, optimizer, scheduler, RNG, data position and logs from the last checkpoint.
+
+        Args:
+            budget_minutes: a new time budget for this session, counted from now (0: none). Without one,
+                a run that its budget stopped trains on to its planned end; any other keeps its budget.
+
+        Returns:
+            The state as saved (its `stopped` says how the last session ended); training state is reset
+            to continue.
+        """
+        acc = self.accelerator
+        saved = load_checkpoint(self.checkpoint_dir, acc.unwrap_model(self.model), self.optimizer,
+                                self.scheduler, rank=acc.process_index)
+        known = {f.name for f in fields(LoopState)}
+        self.state = LoopState(**{k: v for k, v in saved.items() if k in known})
+        before = LoopState(**vars(self.state))
+        s = self.state
+        self.saved_step = s.step
+        if budget_minutes is not None:
+            s.budget_s = s.wall + budget_minutes * 60 if budget_minutes else None
+        elif s.stopped == "time budget":
+            s.budget_s = None
+        s.stopped = None
+        if acc.is_main_process:
+            self.log.truncate(s.log_lines)
+        acc.wait_for_everyone()
+        return before
 
     def save_best(self) -> None:
         from safetensors.torch import save_file
@@ -180,7 +249,7 @@ class Trainer:
         from frugal_lm.io import atomic_path
 
         if self.accelerator.is_main_process:
-            with atomic_path(self.run_dir / "best.safetensors") as tmp:
+            with writing(self.run_dir / "best.safetensors"), atomic_path(self.run_dir / "best.safetensors") as tmp:
                 save_file(trainable_state(self.accelerator.unwrap_model(self.model)), str(tmp))
 
     def load_best(self) -> None:
@@ -197,38 +266,80 @@ class Trainer:
                 params[name].copy_(value)
 
     # -- the loop ----------------------------------------------------------------------------
-    def _step(self, group: list[dict[str, Any]]) -> float:
-        """One optimizer step over an accumulation group. Returns the mean loss per counted item."""
+    def _sum(self, values: list[float]) -> list[float]:
+        """`values` summed over all processes (one small all-reduce; nothing with one process)."""
+        if self.accelerator.num_processes == 1:
+            return values
         import torch
 
-        acc, model = self.accelerator, self.model
-        n_local = sum(self.task.count(b) for b in group)
-        n_total = n_local
-        if acc.num_processes > 1:
-            n_total = int(acc.reduce(torch.tensor(n_local, device=acc.device), "sum").item())
-        # DDP averages gradients over processes, so scale by their number to get sum / n_total overall.
-        scale = acc.num_processes / max(1, n_total)
-        model.train()
-        loss_sum = 0.0
-        for i, batch in enumerate(group):
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            sync = i == len(group) - 1
-            with (nullcontext() if sync else acc.no_sync(model)), acc.autocast():
-                loss, _ = self.task.loss(model, batch)
-                acc.backward(loss * scale)
-            loss_sum += float(loss.detach())
-            self.state.tokens += int(batch["attention_mask"].sum())
-        if self.cfg.max_grad_norm:
-            acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state.step += 1
-        # examples are batch rows (sentences, windows), whatever the loss counts (tokens for NER)
-        self.state.examples += sum(int(b["input_ids"].shape[0]) for b in group)
-        return loss_sum / max(1, n_local)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, "sum").tolist()
 
-    def _evaluate(self) -> dict[str, Any]:
+    def _step(self, batches: list[dict[str, Any]], weight: float = 1.0) -> float:
+        """One optimizer step over this process's share of a group; the loss is normalised over the items
+        of the whole group, on all processes. `weight` 0: this process has no batch of its own in the group
+        (an epoch's last, short group) and runs one with zero weight, to take part in the gradient
+        all-reduce. Returns the mean loss per counted item over the group."""
+        import warnings
+
+        acc, model, s = self.accelerator, self.model, self.state
+        n_local = sum(self.task.count(b) for b in batches) if weight else 0
+        n_total = int(self._sum([n_local])[0])
+        # DDP averages gradients over processes, so scale by their number to get sum / n_total overall.
+        scale = acc.num_processes / max(1, n_total) * weight
+        model.train()
+        loss_sum, tokens, rows = 0.0, 0, 0
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with nullcontext() if i == len(batches) - 1 else acc.no_sync(model):
+                with acc.autocast():
+                    loss, _ = self.task.loss(model, batch)
+                acc.backward(loss * scale)
+            if weight:
+                loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+                # examples are batch rows (sentences, windows), whatever the loss counts (tokens for NER)
+                rows += int(batch["input_ids"].shape[0])
+        loss_sum, tokens, rows = self._sum([loss_sum, tokens, rows])
+        norm = acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm) if self.cfg.max_grad_norm else None
+        # fp16's grad scaler handles overflowing gradients itself (it skips those steps and rescales)
+        bad_norm = norm is not None and self.precision != "fp16" and not math.isfinite(float(norm))
+        if math.isfinite(loss_sum) and not bad_norm:
+            self.optimizer.step()
+        else:
+            self._nonfinite(batches, f"loss {loss_sum}" if not math.isfinite(loss_sum) else f"gradient norm {float(norm)}")
+        with warnings.catch_warnings():  # a skipped first step: the schedule still moves on, on purpose
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        s.tokens += int(tokens)
+        s.examples += int(rows)
+        return loss_sum / max(1, n_total)
+
+    def _nonfinite(self, batches: list[dict[str, Any]], what: str) -> None:
+        """A NaN or infinite loss or gradient norm: skip the step (train.nonfinite=skip) or stop, saying where."""
+        s, lr = self.state, self.scheduler.get_last_lr()[0]
+        if self.cfg.nonfinite == "skip":
+            s.skipped += 1
+            if self.accelerator.is_main_process:
+                self.log.write({"type": "skip", "step": s.step + 1, "reason": f"non-finite {what}", "lr": lr})
+            return
+        texts = []
+        tok = getattr(self.task, "tokenizer", None)
+        if tok is not None and batches:
+            for ids, mask in zip(batches[0]["input_ids"][:3], batches[0]["attention_mask"][:3], strict=True):
+                texts.append(tok.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)[:100])
+        raise FrugalError(
+            f"step {s.step + 1}: non-finite {what} at learning rate {lr:.3g}; the batch's first texts: "
+            f"{texts}. Lower train.lr or use train.precision=fp32; or skip such steps: "
+            "--resume --set train.nonfinite=skip (the last checkpoint is intact)")
+
+    def _evaluate(self, track: bool = True) -> dict[str, Any]:
+        """Evaluate, log, and track the best model. `track` False (the evaluation at a budget stop, after the
+        checkpoint): better weights are marked for export (`export_current`) but best.safetensors and the
+        checkpoint keep what an uninterrupted run would have, so a resumed run continues exactly as one."""
+        # every process evaluates its share of the batches; map_batches gathers the results (tasks/*.py)
         metrics = self.task.evaluate(self.accelerator.unwrap_model(self.model), device=self.accelerator.device)
         s, metric = self.state, self.cfg.metric
         if metric not in metrics:
@@ -238,7 +349,9 @@ class Trainer:
         better = s.best is None or (value > s.best if self.task.higher_is_better(metric) else value < s.best)
         if better:
             s.best, s.best_step, s.best_metrics, s.bad_evals = value, s.step, metrics, 0
-            self.save_best()
+            if track:
+                self.save_best()
+            self.export_current = not track
         else:
             s.bad_evals += 1
         s.last_metrics, s.last_eval_step = metrics, s.step
@@ -246,7 +359,14 @@ class Trainer:
             self.log.write({"type": "eval", "step": s.step, "epoch": s.epoch, **metrics})
         return metrics
 
-    def fit(self, has_eval: bool, stop_at_step: int | None = None, progress: bool = True) -> LoopState:
+    def _order(self, epoch: int) -> list[list[int]]:
+        """The global batch order of `epoch` (computed once per epoch)."""
+        if getattr(self, "_order_epoch", None) != epoch:
+            self._order_cache, self._order_epoch = self.sampler.batches(epoch), epoch
+        return self._order_cache
+
+    def fit(self, has_eval: bool, stop_at_step: int | None = None, progress: bool = True,
+            started: float | None = None, on_started: Any = None) -> LoopState:
         """Run until the step budget, early stopping, the time budget or an interrupt.
 
         Args:
@@ -254,54 +374,77 @@ class Trainer:
             stop_at_step: simulate an interruption after this step (tests of resume); the run checkpoints
                 and returns with `state.stopped = "interrupted"`.
             progress: show a progress bar on stderr.
+            started: `time.perf_counter()` when this session began (the budget counts loading too).
+            on_started: called once after the first optimizer step succeeded.
         """
         from tqdm.auto import tqdm
 
         cfg, s, acc = self.cfg, self.state, self.accelerator
+        rank, world = acc.process_index, acc.num_processes
         eval_every = cfg.eval_every or self.steps_per_epoch
         save_every = cfg.save_every or eval_every
         bar = tqdm(total=self.total_steps, initial=s.step, disable=not (progress and acc.is_main_process),
                    desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
         window = {"loss": 0.0, "steps": 0, "examples": s.examples, "time": s.elapsed}
-        deadline = cfg.max_minutes * 60 if cfg.max_minutes else None
+        clock, wall = started if started is not None else time.perf_counter(), s.wall
         with _Interrupt() as interrupt:
             while s.step < self.total_steps and s.stopped is None:
-                self.sampler.set_epoch(s.epoch, skip=s.batch_in_epoch)
-                remaining = len(self.sampler) - s.batch_in_epoch
-                batches = iter(self.sampler)
-                while remaining > 0 and s.step < self.total_steps and s.stopped is None:
-                    take = min(cfg.grad_accum, remaining)
-                    t0 = time.perf_counter()  # batching counts as training time
-                    group = [self.collator([self.train_set[i] for i in next(batches)]) for _ in range(take)]
-                    loss = self._step(group)
-                    s.elapsed += time.perf_counter() - t0
-                    s.batch_in_epoch += take
-                    remaining -= take
-                    if remaining == 0:
-                        s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-                    window["loss"] += loss
-                    window["steps"] += 1
-                    bar.update(1)
-                    if s.step % cfg.log_every == 0 or s.step == self.total_steps:
-                        self._log_train(window, bar)
-                    if has_eval and s.step % eval_every == 0:
-                        metrics = self._evaluate()
-                        bar.set_postfix_str(f"{self._shown} {cfg.metric}={metrics[cfg.metric]:.4f}")
-                        if cfg.patience and s.bad_evals >= cfg.patience:
-                            s.stopped = "early stopping"
-                    if deadline and s.elapsed >= deadline:
-                        s.stopped = "time budget"
-                    if interrupt.requested or (stop_at_step is not None and s.step >= stop_at_step):
-                        s.stopped = "interrupted"
-                    if s.step % save_every == 0 or s.stopped:
-                        self.save()
+                t0 = time.perf_counter()  # batching counts as training time
+                order = self._order(s.epoch)
+                ids = order[s.batch_in_epoch:s.batch_in_epoch + self.group]
+                mine = ids[rank::world]
+                picked = list(range(len(ids)))[rank::world] or [0]  # positions of `mine or ids[:1]` in ids
+                batches = [self._collate(ids[k], s.epoch, s.batch_in_epoch + k) for k in picked]
+                loss = self._step(batches, weight=1.0 if mine else 0.0)
+                s.elapsed += time.perf_counter() - t0
+                s.batch_in_epoch += len(ids)
+                if s.batch_in_epoch >= len(order):
+                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+                if on_started is not None:
+                    on_started()
+                    on_started = None
+                window["loss"] += loss
+                window["steps"] += 1
+                bar.update(1)
+                if s.step % cfg.log_every == 0 or s.step == self.total_steps:
+                    self._log_train(window, bar)
+                if has_eval and s.step % eval_every == 0:
+                    metrics = self._evaluate()
+                    bar.set_postfix_str(f"{self._shown} {cfg.metric}={metrics[cfg.metric]:.4f}")
+                    if cfg.patience and s.bad_evals >= cfg.patience:
+                        s.stopped = "early stopping"
+                s.wall = wall + time.perf_counter() - clock
+                # every process must take the same decision, or the others wait forever in the next step
+                over, asked = self._sum([float(s.budget_s is not None and s.wall >= s.budget_s),
+                                         float(interrupt.requested or (stop_at_step is not None
+                                                                       and s.step >= stop_at_step))])
+                if over and not s.stopped:
+                    s.stopped = "time budget"
+                if asked and not s.stopped:
+                    s.stopped = "interrupted"
+                if s.step % save_every == 0 or s.stopped:
+                    self.save()
         bar.close()
         if s.stopped == "interrupted":
             return s
+        if s.stopped == "time budget":  # checkpointed above; the export reports on the weights as they are
+            if has_eval and s.last_eval_step != s.step:
+                self._evaluate(track=False)
+            return s
         if has_eval and s.last_eval_step != s.step:
             self._evaluate()
+        s.stopped = s.stopped or "completed"
+        s.wall = wall + time.perf_counter() - clock
         self.save()
         return s
+
+    def _collate(self, indices: list[int], epoch: int, batch: int) -> dict[str, Any]:
+        """One micro-batch. A collator with `set_position` (pretraining's per-step masks) first learns
+        where in the run it is (batch: the index among all processes' batches of the epoch), so its random
+        draws depend on the seed and that position only, and a resumed run repeats them exactly."""
+        if hasattr(self.collator, "set_position"):
+            self.collator.set_position(epoch, batch, 0)
+        return self.collator([self.train_set[i] for i in indices])
 
     def _postfix(self, window: dict[str, Any]) -> str:
         seconds = self.state.elapsed - window["time"]

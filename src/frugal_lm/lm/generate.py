@@ -182,7 +182,14 @@ class Generator:
         if cut is not None:
             text = text[:cut]
         reason = "stop" if ended is not None or cut is not None else "length"
-        return Generation(prompt, text, len(new) if ended is None else ended + 1, reason)
+        count = len(new) if ended is None else ended + 1
+        if cut is not None:
+            # a row that ends on a stop string inside a batch is padded until the others finish: count the
+            # tokens up to the one that completed the stop string, not the padding after it
+            count = next(k for k in range(1, len(kept) + 1)
+                         if find_stop(self.tokenizer.decode(kept[:k], skip_special_tokens=True), opts.stop)
+                         is not None)
+        return Generation(prompt, text, count, reason)
 
     # -- generation --------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], opts: GenerationOptions, chat: bool = False,

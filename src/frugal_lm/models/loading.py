@@ -56,18 +56,36 @@ def from_pretrained(cls: Any, name_or_resolved: str | ResolvedModel, trust_remot
         name_or_resolved: a model name or the result of `resolve_model`.
         trust_remote_code: passed through; off unless the user turns it on.
     """
+    from frugal_lm.models.presets import build_from_config, is_preset_dir
+
     resolved = resolve_model(name_or_resolved) if isinstance(name_or_resolved, str) else name_or_resolved
     path = local_path(resolved)
+    if is_preset_dir(path) and not cls.__name__.endswith(("Tokenizer", "TokenizerFast", "Config")):
+        return build_from_config(cls, path, trust_remote_code=trust_remote_code, **kwargs)  # no weights yet
     try:
         return cls.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         if resolved.is_hub:
             raise _hub_failure(resolved, exc) from None
         raise ModelError(f"could not load model '{resolved.name}' from {path}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":  # safetensors' own error type: a damaged weights file
+            raise
+        raise ModelError(f"could not load model '{resolved.name}' from {path}: its .safetensors weights are "
+                         f"corrupt or truncated ({str(exc).splitlines()[0][:200]})") from None
 
 
 def load_tokenizer(name_or_resolved: str | ResolvedModel, trust_remote_code: bool = False) -> Any:
     """The tokenizer of a model (a fast tokenizer where one exists)."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    folder = Path(name_or_resolved) if isinstance(name_or_resolved, str) else None
+    if folder is not None and (folder / "tokenizer_config.json").is_file() and not (folder / "config.json").exists():
+        # a tokenizer on its own, e.g. the one a LoRA run saves beside its adapter: not a model to resolve
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"could not load the tokenizer in {folder}: {exc}") from None
     return from_pretrained(AutoTokenizer, name_or_resolved, trust_remote_code=trust_remote_code)

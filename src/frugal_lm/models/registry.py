@@ -93,12 +93,24 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").exists() and ((path / "model").is_dir() or (path / "adapter").is_dir())
 
 
-def resolve_model(name: str) -> ResolvedModel:
+def resolve_model(name: str, tokenizer: str | None = None) -> ResolvedModel:
     """Resolve a user-given model name.
 
+    Args:
+        name: alias, from-scratch preset (`bert-mini`, `gpt-mini`: see models/presets.py), folder or hub id.
+        tokenizer: the tokenizer folder a preset is built for (presets only).
+
     Raises:
-        ModelError: unknown alias whose package is missing, or a path that does not exist and cannot be a hub id.
+        ModelError: unknown alias whose package is missing, a preset without a tokenizer (or a tokenizer
+            given for a model that has its own), or a path that does not exist and cannot be a hub id.
     """
+    from frugal_lm.models import presets
+
+    if presets.is_preset(name):
+        return ResolvedModel(name, str(presets.materialize(name, tokenizer)), "preset")
+    if tokenizer:
+        raise ModelError(f"model.tokenizer ({tokenizer}) is for from-scratch presets "
+                         f"({', '.join(presets.PRESETS)}); model '{name}' brings its own tokenizer")
     if name in ALIASES:
         return _alias_location(ALIASES[name])
     path = Path(name).expanduser()
@@ -108,7 +120,7 @@ def resolve_model(name: str) -> ResolvedModel:
         if path.is_dir() and is_run_dir(path):
             if (path / "model").is_dir():
                 return ResolvedModel(name, str(path / "model"), "run")
-            return ResolvedModel(name, str(path / "base"), "run", adapter=str(path / "adapter"))
+            return _unmerged_run(name, path)
         if path.is_dir() and (path / "config.json").exists():
             return ResolvedModel(name, str(path), "folder")
         raise ModelError(
@@ -118,6 +130,28 @@ def resolve_model(name: str) -> ResolvedModel:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"{name}: no such file or folder")
     return ResolvedModel(name, name, "hub")
+
+
+def _unmerged_run(name: str, path: Path) -> ResolvedModel:
+    """A LoRA run exported without merging (peft.merge=false): its base model, with the run's adapter."""
+    import yaml
+
+    try:
+        base_name = ((yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+                     .get("model") or {}).get("name")
+    except (yaml.YAMLError, AttributeError, OSError) as exc:
+        raise ModelError(f"{path / 'config.yaml'}: unreadable run config ({exc})") from None
+    if not isinstance(base_name, str):
+        raise ModelError(f"{path / 'config.yaml'}: model.name is missing, so the adapter's base model is unknown")
+    try:
+        base = resolve_model(base_name)
+    except ModelError as exc:
+        raise ModelError(f"{path}: a LoRA run exported without merging needs its base model "
+                         f"'{base_name}', which cannot be found: {exc}") from None
+    if base.adapter:
+        raise ModelError(f"{path}: its base model {base_name} is itself an unmerged LoRA run; export that one "
+                         "merged first (frugal export --merge)")
+    return ResolvedModel(name, base.path, "run", gguf_file=base.gguf_file, adapter=str(path / "adapter"))
 
 
 def base_model_name(name: str) -> str:

@@ -16,6 +16,7 @@ TASKS: dict[str, str] = {
     "classify": "frugal_lm.tasks.classify:ClassifyTask",
     "ner": "frugal_lm.tasks.ner:NerTask",
     "clm": "frugal_lm.tasks.clm:CausalLMTask",
+    "pretrain": "frugal_lm.tasks.pretrain:PretrainTask",
 }
 
 

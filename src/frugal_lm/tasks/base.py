@@ -126,6 +126,16 @@ class Task(ABC):
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         """The loss summed over the batch's items, and their count (the engine normalises per group)."""
 
+    def train_overrides(self) -> dict[str, Any]:
+        """train.* values that this run's recipe sets over the config (a few-shot stage's lr, a balanced
+        sampler, ...); the engine trains with them and the run logs them. Called after `prepare`."""
+        return {}
+
+    def finish(self, model: Any, run_dir: Path) -> None:
+        """A step after the training loop, on the best weights, before the model is exported (fit a head on
+        frozen features, write plots into the run folder, ...)."""
+        return None  # optional
+
     # -- evaluation and use ------------------------------------------------------------------
     @abstractmethod
     def evaluate(self, model: Any, records: list[Any] | None = None, device: Any = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from frugal_lm.data.readers import Record, check_labels, label_vocabulary, read_
 from frugal_lm.engine.inference import map_batches
 from frugal_lm.errors import FrugalError
 from frugal_lm.metrics import prf
+from frugal_lm.tasks import fewshot
 from frugal_lm.tasks.labels import LabelTask, log_softmax, softmax
 
 
@@ -20,8 +21,11 @@ def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) 
     for k, name in enumerate(labels):
         per_class[name] = prf(int(((p == k) & (g == k)).sum()), int(((p == k) & (g != k)).sum()),
                               int(((p != k) & (g == k)).sum()))
+    confusion = np.zeros((len(labels), len(labels)), dtype=int)  # rows: gold, columns: predicted
+    np.add.at(confusion, (g.astype(int), p.astype(int)), 1)
     return {"accuracy": float((g == p).mean()) if len(g) else 0.0,
-            "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])), "per_class": per_class}
+            "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])), "per_class": per_class,
+            "confusion": confusion.tolist()}
 
 
 class ClassifyTask(LabelTask):
@@ -34,6 +38,29 @@ class ClassifyTask(LabelTask):
     formats = ("csv", "tsv", "jsonl")
     metrics: ClassVar[dict[str, str]] = {"accuracy": "max", "macro_f1": "max", "loss": "min"}
     defaults: ClassVar[dict[str, Any]] = {"train.metric": "accuracy", "train.freeze_embeddings": True}
+    Options = fewshot.ClassifyOptions
+
+    def __init__(self, cfg: Any, saved: dict[str, Any] | None = None):
+        self.method = "finetune"  # resolved from classify.method in prepare(), or read from labels.json
+        self.head_pending = False  # fewshot while training: the head is refitted before each evaluation
+        super().__init__(cfg, saved)
+
+    def state(self) -> dict[str, Any]:
+        # pooling tells users of model/ which features the classifier layer reads
+        return {**super().state(), "method": self.method,
+                "pooling": "mean-normalized" if self.method == "fewshot" else "model"}
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        super().load_state(saved)
+        self.method = saved.get("method", "finetune")
+
+    def card_lines(self) -> list[str]:
+        lines = super().card_lines()
+        if self.method == "fewshot":
+            lines.append("- method: few-shot (contrastive pair training of the encoder, then a logistic-"
+                         "regression head on normalised mean-pooled embeddings; `frugal predict` applies "
+                         "it; a plain transformers pipeline would read the [CLS] pooler instead)")
+        return lines
 
     # -- data --------------------------------------------------------------------------------
     def read(self, path: str, labelled: bool = True) -> list[Record]:
@@ -71,6 +98,44 @@ class ClassifyTask(LabelTask):
     def prepare(self, tokenizer: Any) -> None:
         super().prepare(tokenizer)
         self.set_class_weights([e["labels"] for e in self.train_set])
+        o = self.options
+        self.method = fewshot.resolve_method(o.method, len(self.train_set), len(self.labels), o.fewshot_below)
+        self.head_pending = self.method == "fewshot"
+
+    def train_overrides(self) -> dict[str, Any]:
+        if self.method != "fewshot":
+            return {}
+        counts = np.bincount([e["labels"] for e in self.train_set], minlength=len(self.labels))
+        return fewshot.stage_settings(self.options, len(self.train_set), len(self.labels), int(counts.max()),
+                                      self.cfg.train)
+
+    def logits(self, model: Any, batch: dict[str, Any]) -> Any:
+        if self.method == "fewshot":
+            return fewshot.head_logits(model, batch).float()
+        return LabelTask.logits(model, batch)
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+        if self.method != "fewshot":
+            return super().loss(model, batch)
+        n = self.count(batch)  # the pair loss is a balanced mean over pairs: weigh it as n examples
+        return fewshot.pair_loss(model, batch) * n, n
+
+    def _fit_head(self, model: Any, device: Any = None) -> None:
+        fewshot.fit_model_head(model, self.train_set, self.collator(), len(self.labels), self.options.fewshot_c,
+                               self.cfg.train.eval_batch_size, device)
+
+    def finish(self, model: Any, run_dir: Any) -> None:
+        """Fit the few-shot head on the final body; write confusion.png for the eval set."""
+        from pathlib import Path
+
+        from frugal_lm.engine.report import plot_confusion
+
+        if self.head_pending:
+            self._fit_head(model)
+            self.head_pending = False
+        if self.eval_set:
+            metrics = self.evaluate(model)
+            plot_confusion(metrics["confusion"], self.labels, Path(run_dir) / "confusion.png")
 
     # -- evaluation and use ------------------------------------------------------------------
     def _logits(self, model: Any, examples: list[dict[str, Any]], device: Any = None) -> np.ndarray:
@@ -83,6 +148,8 @@ class ClassifyTask(LabelTask):
 
     def evaluate(self, model: Any, records: list[Record] | None = None, device: Any = None) -> dict[str, Any]:
         """Loss, accuracy, macro-F1 and per-class scores on `records` (default: the eval set)."""
+        if self.head_pending:  # mid-training evaluation of a few-shot run: a head for the current body
+            self._fit_head(model, device)
         examples = self.eval_set if records is None else self.encode(records)
         logits = self._logits(model, examples, device)
         gold = np.array([e["labels"] for e in examples])

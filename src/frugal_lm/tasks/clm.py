@@ -49,6 +49,9 @@ class ClmOptions:
     stride: int = option(0, "evaluation of plain text: step of the sliding window over documents longer than "
                          "model.max_length (0: half a window, as `frugal perplexity`)")
     max_new_tokens: int = option(64, "predict: tokens generated (greedy) per prompt")
+    fused_loss: bool = option(True, "compute the LM head and the cross-entropy fused, in chunks, over predicted "
+                              "positions only (exact; less memory traffic; used where the model's logits are the "
+                              "plain head projection)")
 
 
 @dataclass
@@ -314,12 +317,31 @@ class CausalLMTask(Task):
         return int((self.targets(batch) != IGNORE).sum())
 
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-        """Cross-entropy summed over predicted tokens (position t predicts token t+1), and their number."""
+        """Cross-entropy summed over predicted tokens (position t predicts token t+1), and their number.
+
+        Two exact shortcuts: a batch without padding (packed blocks) goes without an attention mask, so
+        attention can take its causal path instead of a materialised mask; and for models whose logits are
+        the plain head projection, the head and the cross-entropy run fused over the predicted positions only
+        (lm/head_loss.py), never building the full logits tensor. Measured (BENCHMARKS.md): 14% less peak
+        memory on SmolLM2; the speed gain seen on a loaded machine did not show on a quiet one.
+        """
         import torch.nn.functional as F
 
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits[:, :-1]
+        from frugal_lm.lm.head_loss import fused_head, linear_cross_entropy
+
+        mask = batch["attention_mask"]
+        if bool(mask.all()):
+            mask = None
         target = self.targets(batch)
+        parts = fused_head(model) if self.options.fused_loss else None
+        if parts is not None:
+            decoder, head = parts
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=mask,
+                             use_cache=False).last_hidden_state[:, :-1]
+            keep = target != IGNORE
+            loss = linear_cross_entropy(hidden[keep], head.weight, head.bias, target[keep])
+            return loss, int(keep.sum())
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
                                ignore_index=IGNORE, reduction="sum")
         return loss, self.count(batch)

@@ -23,6 +23,41 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def class_weight_vector(spec: Any, labels: list[str], label_ids: list[int]) -> np.ndarray | None:
+    """Per-label loss weights from a train.class_weights value (see LabelTask.set_class_weights).
+
+    Raises:
+        ConfigError: an unknown label, a weight that is not a positive number, a malformed item.
+    """
+    from frugal_lm.errors import ConfigError
+
+    text = str(spec if spec is not None else "").strip()
+    if text.lower() in ("", "false", "no", "off", "none", "0"):
+        return None
+    if text.lower() in ("balanced", "true", "yes", "on", "1"):
+        counts = np.bincount(label_ids, minlength=len(labels))
+        return len(label_ids) / (len(labels) * np.maximum(counts, 1))
+    weights = np.ones(len(labels))
+    index = {label: i for i, label in enumerate(labels)}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, value = item.rpartition("=")
+        if not sep or not name:
+            raise ConfigError(f"train.class_weights: expected 'balanced' or LABEL=WEIGHT items such as "
+                              f"'pos=1,neg=3'; got {item!r}")
+        if name.strip() not in index:
+            raise ConfigError(f"train.class_weights: unknown label {name.strip()!r}; the labels are "
+                              f"{', '.join(labels)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not weight > 0:
+            raise ConfigError(f"train.class_weights: weight of {name.strip()!r} must be a positive number, "
+                              f"got {value!r}")
+        weights[index[name.strip()]] = weight
+    return weights
+
+
 class LabelTask(Task):
     """A task that assigns one of a fixed label set to each example (or each token).
 
@@ -52,13 +87,15 @@ class LabelTask(Task):
         return [f"- labels: {', '.join(self.labels)}"]
 
     def set_class_weights(self, label_ids: list[int]) -> None:
-        """With train.class_weights: weight each label by inverse frequency ("balanced", as scikit-learn)."""
-        if not self.cfg.train.class_weights:
+        """Apply train.class_weights: "balanced" weighs each label by n / (labels x its count), as
+        scikit-learn (the weights then average 1 over the training set, so the loss keeps its scale);
+        "LABEL=W,..." sets them explicitly (unlisted labels: 1)."""
+        weights = class_weight_vector(self.cfg.train.class_weights, self.labels, label_ids)
+        if weights is None:
+            self.class_weights = None
             return
         import torch
 
-        counts = np.bincount(label_ids, minlength=len(self.labels))
-        weights = len(label_ids) / (len(self.labels) * np.maximum(counts, 1))
         self.class_weights = torch.tensor(weights, dtype=torch.float32)
 
     def build_model(self, path: str, trust_remote_code: bool = False) -> Any:

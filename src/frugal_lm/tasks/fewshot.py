@@ -1,0 +1,207 @@
+"""Few-shot classification (`classify.method=fewshot`): the SetFit recipe, made cheaper and on our engine.
+
+Stage 1, on the engine: contrastive training of the encoder body. SetFit feeds the encoder two sentences per
+pair; here every batch is class-balanced (train.balanced_sampler) and the cosine-similarity loss covers
+*all* pairs inside it: a batch of B sentences yields B(B-1)/2 pairs for B forward passes instead of B/2,
+and positive and negative pairs weigh half each, so pair classes stay balanced whatever the label count.
+Sentence embeddings are mean-pooled and L2-normalised, as sentence-transformers does for
+all-MiniLM-L6-v2, so the body starts from the embedding space it was trained for.
+
+Stage 2 (`finish`): a multinomial logistic-regression head fitted on the frozen embeddings of the training
+examples (L-BFGS, L2 penalty as scikit-learn's C), started from the class centroids, and written into the
+sequence classifier's own `classifier` layer: model/ stays an ordinary
+`AutoModelForSequenceClassification` folder. Its head reads the normalised mean-pooled embedding, not the
+[CLS] pooler, which is what labels.json's `"pooling": "mean"` tells `frugal predict` / `eval` / `serve`.
+
+Everything here imports torch lazily; ClassifyTask (tasks/classify.py) calls in when the method is fewshot.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from frugal_lm.config import option
+
+
+@dataclass
+class ClassifyOptions:
+    """Keys of the classify task: `classify.method`, `classify.fewshot_*`."""
+
+    method: str = option("auto", "training recipe: finetune (cross-entropy on the whole model), fewshot "
+                         "(contrastive pairs + a head on frozen embeddings), or auto (fewshot below "
+                         "classify.fewshot_below examples per class)", ("auto", "finetune", "fewshot"))
+    fewshot_below: int = option(100, "auto picks fewshot when the training set has fewer examples per "
+                                "class than this (on average)")
+    fewshot_steps: int = option(0, "optimizer steps of the contrastive stage (0: from the data size, "
+                                "see docs)")
+    fewshot_lr: float = option(5e-5, "learning rate of the contrastive stage")
+    fewshot_batch_size: int = option(32, "sentences per contrastive batch (rounded to a multiple of the "
+                                     "label count, so every class is equally present); all pairs in it train")
+    fewshot_c: float = option(1.0, "inverse L2 strength of the logistic-regression head (scikit-learn's C)")
+
+
+def resolve_method(method: str, n_examples: int, n_labels: int, below: int, log: bool = True) -> str:
+    """`auto` -> fewshot when examples per class < `below`, else finetune; says what it chose and why."""
+    if method != "auto":
+        return method
+    per_class = n_examples / max(1, n_labels)
+    chosen = "fewshot" if per_class < below else "finetune"
+    if log:
+        why = "<" if chosen == "fewshot" else ">="
+        other = "finetune" if chosen == "fewshot" else "fewshot"
+        print(f"classify.method=auto: {per_class:.1f} examples per class ({why} {below}) -> {chosen}"
+              f"{' (contrastive pairs + a head on frozen embeddings)' if chosen == 'fewshot' else ''}; "
+              f"set classify.method={other} to override", file=sys.stderr)
+    return chosen
+
+
+def stage_settings(opts: ClassifyOptions, n_examples: int, n_labels: int, largest_class: int,
+                   train: Any) -> dict[str, Any]:
+    """The train.* values of the contrastive stage (passed to the engine through Task.train_overrides).
+
+    A user's own train.max_steps / eval_every / save_every still count; a short stage checkpoints once, at
+    its end (a checkpoint holds the optimizer state: three times the model)."""
+    batch = max(n_labels, n_labels * round(opts.fewshot_batch_size / n_labels))
+    batch = min(batch, n_labels * max(1, largest_class))
+    steps = opts.fewshot_steps or train.max_steps or default_steps(n_examples, batch)
+    return {"balanced_sampler": True, "group_by_length": False, "batch_size": batch, "lr": opts.fewshot_lr,
+            "max_steps": steps, "epochs": 0.0, "grad_accum": 1,
+            "eval_every": train.eval_every or max(1, math.ceil(steps / 4)),
+            "save_every": train.save_every or steps, "warmup_ratio": 0.1}
+
+
+def default_steps(n_examples: int, batch: int) -> int:
+    """Enough steps for every example to appear ~8 times, at least 20 and at most 200."""
+    return int(min(200, max(20, math.ceil(8 * n_examples / batch))))
+
+
+# -- the model parts ---------------------------------------------------------------------------
+def _inner(model: Any) -> Any:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def body(model: Any) -> Any:
+    """The encoder under a sequence classifier (BertModel under BertForSequenceClassification)."""
+    return _inner(model).base_model
+
+
+def embed(model: Any, batch: dict[str, Any]) -> Any:
+    """L2-normalised mean of the last hidden states over real tokens: (B, H)."""
+    import torch.nn.functional as F
+
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    hidden = body(model)(**inputs).last_hidden_state  # B, T, H
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # B, T, 1
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled.float(), dim=-1)
+
+
+def head_logits(model: Any, batch: dict[str, Any]) -> Any:
+    """The classifier layer applied to the normalised mean-pooled embedding (no dropout: the head is
+    fitted, not trained through)."""
+    return _inner(model).classifier(embed(model, batch))
+
+
+def pair_weights(labels: Any) -> tuple[Any, Any]:
+    """Targets (1: same class, 0: different) and weights of every unordered pair i < j in a batch.
+
+    Positive and negative pairs each weigh 1/2 in total, spread evenly, so the loss is balanced over pair
+    classes (a batch of one class only has its negatives weigh nothing, and vice versa).
+
+    Returns:
+        (target, weight): float tensors of shape (B, B); weight is 0 on and below the diagonal.
+    """
+    import torch
+
+    same = (labels[:, None] == labels[None, :]).float()
+    upper = torch.triu(torch.ones_like(same), diagonal=1)
+    pos, neg = same * upper, (1 - same) * upper
+    n_pos, n_neg = pos.sum(), neg.sum()
+    weight = torch.zeros_like(same)
+    if n_pos > 0:
+        weight = weight + pos * (0.5 if n_neg > 0 else 1.0) / n_pos
+    if n_neg > 0:
+        weight = weight + neg * (0.5 if n_pos > 0 else 1.0) / n_neg
+    return same, weight
+
+
+def pair_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """SetFit's cosine-similarity loss, (cos(u, v) - same)^2, over all in-batch pairs, balanced: a scalar."""
+    emb = embed(model, batch)
+    cos = emb @ emb.T  # B, B (already normalised)
+    target, weight = pair_weights(batch["labels"])
+    return (weight * (cos - target) ** 2).sum()
+
+
+# -- the head ----------------------------------------------------------------------------------
+def fit_head(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float = 1.0,
+             max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression: minimise sum(cross-entropy) * C + ||W||^2 / 2 (scikit-learn's
+    objective; the bias is not penalised), by L-BFGS, from the class centroids.
+
+    Args:
+        features: (N, H) embeddings. labels: (N,) class ids. c: inverse regularisation strength.
+
+    Returns:
+        (W, b) of shapes (K, H) and (K,).
+    """
+    import torch
+
+    x = torch.tensor(features, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.long)
+    centroids = torch.zeros(n_classes, x.shape[1], dtype=torch.float64)
+    for k in range(n_classes):
+        if (y == k).any():
+            centroids[k] = x[y == k].mean(0)
+    w = (centroids - centroids.mean(0)).clone().requires_grad_(True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-8, tolerance_change=1e-10,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = c * torch.nn.functional.cross_entropy(x @ w.T + b, y, reduction="sum") + 0.5 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def set_head(model: Any, w: np.ndarray, b: np.ndarray) -> None:
+    """Write (W, b) into the sequence classifier's `classifier` layer (shape checked)."""
+    import torch
+
+    layer = _inner(model).classifier
+    if tuple(layer.weight.shape) != w.shape:
+        raise ValueError(f"classifier layer is {tuple(layer.weight.shape)}, head is {w.shape}: the model's "
+                         "head must be one linear layer over the hidden size")
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(w, dtype=layer.weight.dtype))
+        layer.bias.copy_(torch.tensor(b, dtype=layer.bias.dtype))
+
+
+def embeddings(model: Any, examples: list[dict[str, Any]], collator: Any, batch_size: int,
+               device: Any = None) -> np.ndarray:
+    """(N, H) normalised embeddings of encoded examples, in input order, in evaluation mode."""
+    from frugal_lm.engine.inference import map_batches
+
+    rows = map_batches(model, examples, collator, batch_size,
+                       lambda m, batch: list(embed(m, batch).cpu().numpy()),
+                       device or next(model.parameters()).device)
+    return np.stack(rows)
+
+
+def fit_model_head(model: Any, examples: list[dict[str, Any]], collator: Any, n_classes: int, c: float,
+                   batch_size: int = 128, device: Any = None) -> None:
+    """Embed the training examples with the current body and fit the head on them."""
+    feats = embeddings(model, examples, collator, batch_size, device)
+    w, b = fit_head(feats, np.array([e["labels"] for e in examples]), n_classes, c)
+    set_head(model, w, b)

@@ -1,0 +1,184 @@
+"""Few-shot classification: balanced pairs and batches, the head on frozen features, class weights, the
+auto choice of method, and a few-shot run folder that eval / predict use like any other."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_config
+from frugal_lm.data.batching import EpochBatchSampler
+from frugal_lm.errors import ConfigError
+from frugal_lm.tasks import fewshot
+from frugal_lm.tasks.labels import class_weight_vector
+
+
+def test_balanced_sampler_gives_every_class_equally_in_every_batch():
+    labels = [0] * 6 + [1] * 2 + [2] * 4  # imbalanced: 6 / 2 / 4
+    sampler = EpochBatchSampler([5] * len(labels), batch_size=6, seed=3, labels=labels)
+    for epoch in range(3):
+        batches = sampler.batches(epoch)
+        assert len(batches) == 3  # 3 classes x 6 (the largest class) / 6
+        for batch in batches:
+            assert Counter(labels[i] for i in batch) == {0: 2, 1: 2, 2: 2}
+        seen = [i for b in batches for i in b]
+        assert set(seen) == set(range(12))  # every example, minority ones repeated
+        assert sorted(Counter(seen[i] for i in range(len(seen)) if labels[seen[i]] == 0).values()) == [1] * 6
+    assert sampler.batches(1) != sampler.batches(2)  # a new order each epoch, ...
+    assert sampler.batches(1) == EpochBatchSampler([5] * 12, 6, seed=3, labels=labels).batches(1)  # ... fixed by seed
+
+
+def test_pair_weights_balance_positive_and_negative_pairs():
+    labels = torch.tensor([0, 0, 0, 1, 2])  # 3 positive pairs, 7 negative ones
+    target, weight = fewshot.pair_weights(labels)
+    upper = torch.triu(torch.ones(5, 5), diagonal=1).bool()
+    assert float(weight[~upper].abs().sum()) == 0.0  # each unordered pair once, no self-pairs
+    pos = (target == 1) & upper
+    neg = (target == 0) & upper
+    assert int(pos.sum()) == 3 and int(neg.sum()) == 7
+    assert float(weight[pos].sum()) == pytest.approx(0.5) and float(weight[neg].sum()) == pytest.approx(0.5)
+    assert torch.allclose(weight[pos], torch.full((3,), 1 / 6)) and torch.allclose(weight[neg], torch.full((7,), 1 / 14))
+    _, only_neg = fewshot.pair_weights(torch.tensor([0, 1, 2]))
+    assert float(only_neg.sum()) == pytest.approx(1.0)  # one pair class: it carries the whole weight
+
+
+def test_pair_loss_is_the_weighted_cosine_error(tiny_encoder_nodrop_dir):
+    """pair_loss equals sum_w (cos(u, v) - same)^2, computed here by hand from the embeddings."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder_nodrop_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_nodrop_dir, num_labels=2).eval()
+    batch = dict(tok(["good movie", "great film", "bad plot", "dull story"], padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([1, 1, 0, 0])
+    with torch.no_grad():
+        emb = fewshot.embed(model, batch)
+        loss = float(fewshot.pair_loss(model, batch))
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-5)
+    cos = (emb @ emb.T).numpy()
+    pos = [(0, 1), (2, 3)]
+    neg = [(0, 2), (0, 3), (1, 2), (1, 3)]
+    expected = 0.5 * np.mean([(cos[i, j] - 1) ** 2 for i, j in pos]) + 0.5 * np.mean([cos[i, j] ** 2 for i, j in neg])
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_head_fits_frozen_features_as_scikit_learn_does():
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8))
+    y = np.repeat(np.arange(3), 10)
+    x = centers[y] + 0.8 * rng.normal(size=(30, 8))
+    w, b = fewshot.fit_head(x, y, 3, c=1.0)
+    ref = sklearn.LogisticRegression(C=1.0, max_iter=2000, tol=1e-10).fit(x, y)
+    ours = x @ w.T + b
+    theirs = ref.decision_function(x)
+    # the multinomial logits are identical up to a constant per row (softmax is shift-invariant)
+    np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True), atol=1e-3)
+    assert (ours.argmax(1) == ref.predict(x)).all()
+
+
+def test_head_on_frozen_features_leaves_the_body_alone(tiny_encoder_dir, sentiment_files, tmp_path):
+    from frugal_lm.engine.run import _build
+
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run")
+    task, model = _build(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
+    fewshot.fit_model_head(model, task.train_set, task.collator(), len(task.labels), c=10.0)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    task.method = "fewshot"
+    feats = fewshot.embeddings(model, task.train_set, task.collator(), 16)
+    w = model.classifier.weight.detach().numpy()
+    b = model.classifier.bias.detach().numpy()
+    logits = task._logits(model, task.train_set)
+    np.testing.assert_allclose(logits, feats @ w.T + b, atol=1e-5)  # predictions read the fitted head
+
+
+def test_class_weights_balanced_explicit_and_their_effect_on_the_loss(tiny_encoder_nodrop_dir, tmp_path):
+    labels = ["neg", "pos"]
+    ids = [0, 0, 0, 1]
+    np.testing.assert_allclose(class_weight_vector("balanced", labels, ids), [4 / 6, 4 / 2])
+    np.testing.assert_allclose(class_weight_vector("true", labels, ids), [4 / 6, 2.0])  # old boolean form
+    np.testing.assert_allclose(class_weight_vector("pos=3", labels, ids), [1.0, 3.0])
+    assert class_weight_vector("", labels, ids) is None and class_weight_vector("false", labels, ids) is None
+    with pytest.raises(ConfigError, match="unknown label 'positive'; the labels are neg, pos"):
+        class_weight_vector("positive=2", labels, ids)
+    with pytest.raises(ConfigError, match="must be a positive number"):
+        class_weight_vector("pos=-1", labels, ids)
+
+    from conftest import write_tsv
+    from frugal_lm.engine.run import _build
+
+    files = (write_tsv(tmp_path / "t.tsv", [("good film", "pos"), ("bad film", "neg"), ("dull plot", "neg"),
+                                            ("awful story", "neg")]), None)
+    losses = {}
+    for spec in ("", "balanced"):
+        cfg = make_config(tiny_encoder_nodrop_dir, (files[0], files[0]), tmp_path / "r", class_weights=spec)
+        task, model = _build(cfg)
+        batch = task.collator()(task.train_set)
+        model.eval()
+        with torch.no_grad():
+            per_item = torch.nn.functional.cross_entropy(task.logits(model, batch), batch["labels"], reduction="none")
+            total, n = task.loss(model, batch)
+        losses[spec] = (float(total), n, per_item)
+    plain, n, per_item = losses[""]
+    weighted, _, _ = losses["balanced"]
+    assert n == 4 and plain == pytest.approx(float(per_item.sum()), rel=1e-6)
+    w = torch.tensor([4 / 6 if y == 0 else 2.0 for y in [1, 0, 0, 0]])  # labels sorted: neg=0, pos=1
+    assert weighted == pytest.approx(float((w * per_item).sum()), rel=1e-6)  # the one pos row counts 3x a neg row
+
+
+def test_auto_method_picks_fewshot_below_the_threshold_and_says_so(capsys):
+    assert fewshot.resolve_method("auto", 16, 2, 100) == "fewshot"
+    assert "8.0 examples per class (< 100) -> fewshot" in capsys.readouterr().err
+    assert fewshot.resolve_method("auto", 400, 2, 100) == "finetune"
+    assert "200.0 examples per class (>= 100) -> finetune" in capsys.readouterr().err
+    assert fewshot.resolve_method("finetune", 4, 2, 100) == "finetune"
+    assert capsys.readouterr().err == ""  # an explicit choice needs no explanation
+
+
+def test_fewshot_stage_settings():
+    opts = fewshot.ClassifyOptions()
+    from frugal_lm.config import TrainConfig
+
+    s = fewshot.stage_settings(opts, n_examples=24, n_labels=3, largest_class=8, train=TrainConfig())
+    assert s["batch_size"] == 24  # 32 rounded to a multiple of 3, capped at one balanced epoch
+    assert s["balanced_sampler"] and s["max_steps"] == 20 and s["save_every"] == 20
+    s = fewshot.stage_settings(opts, 24, 3, 8, TrainConfig(max_steps=7, eval_every=2))
+    assert s["max_steps"] == 7 and s["eval_every"] == 2  # the user's own values win
+
+
+def test_fewshot_run_folder_works_with_eval_and_predict(tiny_encoder_dir, sentiment_files, tmp_path, capsys):
+    from frugal_lm.engine.run import load_run, train
+
+    out = tmp_path / "run"
+    cfg = make_config(tiny_encoder_dir, sentiment_files, out, lr=5e-3, seed=0)
+    cfg.options.method = "auto"  # 24 examples per class -> fewshot
+    cfg.options.fewshot_lr, cfg.options.fewshot_steps = 5e-3, 12
+    summary = train(cfg, progress=False)
+    assert "-> fewshot" in capsys.readouterr().err
+    saved = json.loads((out / "labels.json").read_text())
+    assert saved["method"] == "fewshot" and saved["pooling"] == "mean-normalized"
+    assert {"model", "labels.json", "metrics.json", "README.md", "confusion.png", "config.yaml"} <= \
+        {p.name for p in out.iterdir()}
+    logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in logs if r["type"] == "train"]
+    assert train_losses[-1] < train_losses[0]  # the pair loss falls
+    assert summary["steps"] == 12
+    _, task, model = load_run(out)
+    assert task.method == "fewshot" and not task.head_pending
+    records = task.read(str(sentiment_files[1]))
+    metrics = task.evaluate(model, records)
+    assert metrics["accuracy"] == pytest.approx(summary["best"]["accuracy"])  # the best body, its head refitted
+    assert np.array(metrics["confusion"]).sum() == len(records)
+    rows = task.predict(model, records[:3])
+    assert [set(r["probabilities"]) for r in rows] == [{"neg", "pos"}] * 3
+    # model/ is an ordinary transformers folder whose classifier layer is the fitted head
+    from transformers import AutoModelForSequenceClassification
+
+    plain = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert plain.config.id2label == {0: "neg", 1: "pos"}
+    assert torch.equal(plain.classifier.weight, model.classifier.weight)
