@@ -145,14 +145,15 @@ def run_frugal(a: argparse.Namespace, train: str, test: str) -> dict:
         model, tok, _, _ = load_transformer(a.model, kind="causal", device="cpu")
         load_s = time.perf_counter() - t0
         before, texts_before, gen_tps = float("nan"), [], float("nan")  # the same base model: measured once
-        if a.child == "frugal":
+        if a.child == "frugal" or "frugal" not in a.sides:  # the base model, measured by one frugal run
             before = test_ppl(model, tok, test)
             texts_before, gen_tps = samples(model, tok, frugal=True)
         del model
         cfg = load_config(overrides={
             "task": "clm", "output": str(Path(tmp) / "run"), "model": {"name": a.model, "max_length": BLOCK},
             "data": {"train": str(Path(tmp) / "train.txt")},
-            "train": {"max_steps": a.steps, "batch_size": BATCH, "lr": LR, "log_every": 10, "seed": 0},
+            "train": {"max_steps": a.steps, "batch_size": BATCH,
+                      "lr": a.top_lr if a.child == "frugal-top" and a.top_lr else LR, "log_every": 10, "seed": 0},
             "peft": {"method": "lora", "r": R, "alpha": ALPHA, "dropout": DROPOUT,
                      "target_modules": a.top_targets if a.child == "frugal-top" else a.targets,
                      "top_layers": a.top_layers if a.child == "frugal-top" else 0},
@@ -179,33 +180,38 @@ def child(a: argparse.Namespace) -> None:
 
 
 def table(res: dict, a: argparse.Namespace, train: str, test: str) -> str:
-    hf, fr = res["hf"], res["frugal"]
-    top = res.get("frugal-top")
+    """The results as markdown: a column per run made, each with its ratio to the Trainer's."""
+    hf = res["hf"]
+    runs = [(k, t) for k, t in (("frugal", "frugal (same recipe)"),
+                                ("frugal-top", f"frugal, top {a.top_layers} layers")) if k in res]
     rows = [("test perplexity before", "ppl_before", "{:.2f}"), ("test perplexity after", "ppl_after", "{:.2f}"),
             ("training tokens/s", "train_tokens_per_s", "{:.1f}"), ("training seconds", "train_s", "{:.1f}"),
             ("training tokens per CPU second (both threads; whole train call)", "train_tokens_per_cpu_s", "{:.1f}"),
             ("peak memory (MB RSS)", "peak_rss_mb", "{:.0f}"), ("model load s", "load_s", "{:.1f}"),
             ("generation tokens/s (greedy, KV cache)", "gen_tokens_per_s", "{:.1f}")]
+    sides = " ".join(k for k in ("hf", *(k for k, _ in runs)))
     lines = [f"# Causal LM LoRA fine-tuning: frugal vs Trainer + peft ({a.model})", "",
-             f"`python benchmarks/bench_clm.py --steps {a.steps} --max-chars {a.max_chars}` "
-             f"({len(train):,} training / {len(test):,} test characters; {a.steps} steps x {BATCH} x {BLOCK} tokens)",
-             "", "| | Trainer + peft | frugal | frugal / Trainer |"
-             + (f" frugal, top {a.top_layers} layers | top / Trainer |" if top else ""),
-             "|---|---:|---:|---:|" + ("---:|---:|" if top else "")]
+             f"`python benchmarks/bench_clm.py --steps {a.steps} --max-chars {a.max_chars} --sides {sides}"
+             + (f" --top-layers {a.top_layers} --top-lr {a.top_lr or LR:g}` " if "frugal-top" in res else "` ")
+             + f"({len(train):,} training / {len(test):,} test characters; {a.steps} steps x {BATCH} x {BLOCK} tokens)",
+             "", "| | Trainer + peft |" + "".join(f" {t} | / Trainer |" for _, t in runs),
+             "|---|---:|" + "---:|---:|" * len(runs)]
     for name, key, fmt in rows:
-        ratio = fr[key] / hf[key] if hf[key] else float("nan")
-        line = f"| {name} | {fmt.format(hf[key])} | {fmt.format(fr[key])} | {ratio:.2f} |"
-        if top:
-            line += f" {fmt.format(top[key])} | {top[key] / hf[key] if hf[key] else float('nan'):.2f} |"
+        line = f"| {name} | {fmt.format(hf[key])} |"
+        for k, _ in runs:
+            v = res[k][key]
+            line += f" {fmt.format(v)} | {v / hf[key] if hf[key] and v == v else float('nan'):.2f} |"
         lines.append(line)
-    if top:
-        lines += ["", f"frugal (same recipe): LoRA on {' '.join(a.targets)} of every layer, as the Trainer. "
-                  f"frugal, top {a.top_layers} layers: LoRA on {' '.join(a.top_targets)} of the last "
-                  f"{a.top_layers} layers only (`peft.top_layers={a.top_layers}`); same r, alpha, dropout, batch, lr."]
-    shown = [("before training (base model)", res["frugal"]["samples_before"]),
-             ("after training, Trainer + peft", hf["samples"]), ("after training, frugal", fr["samples"])]
-    if top:
-        shown.append((f"after training, frugal top {a.top_layers} layers", top["samples"]))
+    lines += ["", f"Trainer + peft and frugal (same recipe): LoRA r {R}, alpha {ALPHA}, dropout {DROPOUT} on "
+              f"{' '.join(a.targets)} of every layer, batch {BATCH}, lr {LR:g}."]
+    if "frugal-top" in res:
+        lines += [f"frugal, top {a.top_layers} layers: LoRA on {' '.join(a.top_targets)} of the last "
+                  f"{a.top_layers} layers only (`peft.top_layers={a.top_layers}`), lr {a.top_lr or LR:g}; "
+                  "the same r, alpha, dropout and batch."]
+    before = next((res[k]["samples_before"] for k in ("frugal", "frugal-top", "hf")
+                   if k in res and res[k]["samples_before"]), [])
+    shown = [("before training (base model)", before), ("after training, Trainer + peft", hf["samples"])]
+    shown += [(f"after training, {t}", res[k]["samples"]) for k, t in runs]
     for title, texts in shown:
         lines += ["", f"## Samples {title} (greedy, {GEN_TOKENS} tokens)", ""]
         for p, t in zip(PROMPTS, texts, strict=True):
@@ -223,6 +229,9 @@ def main() -> None:
     ap.add_argument("--top-layers", type=int, default=10, help="frugal-top run: LoRA on the last N layers (0: no run)")
     ap.add_argument("--top-targets", nargs="+", help="frugal-top run: LoRA target modules",
                     default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    ap.add_argument("--top-lr", type=float, default=0.0, help="frugal-top run: learning rate (0: the same as the others)")
+    ap.add_argument("--sides", nargs="+", default=["hf", "frugal", "frugal-top"],
+                    help="which runs to make (a screening run may skip the reference ones)")
     ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results_clm.md"))
     ap.add_argument("--child", choices=["hf", "frugal", "frugal-top"], help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -230,18 +239,20 @@ def main() -> None:
         return child(a)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     res = {}
-    for side in ("hf", "frugal", "frugal-top")[:3 if a.top_layers else 2]:
+    for side in [x for x in a.sides if x != "frugal-top" or a.top_layers]:
         cmd = [sys.executable, __file__, "--child", side, "--data", a.data, "--model", a.model,
                "--steps", str(a.steps), "--max-chars", str(a.max_chars), "--targets", *a.targets,
-               "--top-layers", str(a.top_layers), "--top-targets", *a.top_targets]
+               "--top-layers", str(a.top_layers), "--top-targets", *a.top_targets, "--top-lr", str(a.top_lr), "--sides", *a.sides]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
         res[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-        if side == "frugal-top":
+        if side == "frugal-top" and "frugal" in res:
             for key in ("ppl_before", "gen_tokens_per_s", "samples_before"):
                 res[side][key] = res["frugal"][key]
         print(side, json.dumps({k: v for k, v in res[side].items() if k != "samples"}), file=sys.stderr)
+    if "hf" not in res:  # a screening run: the JSON lines above are its result
+        return
     train, test = split(Path(a.data), a.max_chars)
     text = table(res, a, train, test)
     Path(a.output).write_text(text, encoding="utf-8")

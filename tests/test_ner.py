@@ -89,7 +89,8 @@ def test_ner_learns_and_reports_entity_scores(ner_run):
     run, summary = ner_run
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if r["type"] == "train"]
-    assert losses[0] > 1.5 and losses[-1] < 0.2  # 7 labels: chance is ln 7 = 1.95
+    # 7 labels: chance is ln 7 = 1.95; the first record averages 4 steps at lr 1e-2, already falling
+    assert losses[0] > 1.2 and losses[-1] < 0.2
     best = summary["best"]
     assert best["f1"] >= 0.95 and summary["metric"] == "f1"
     assert set(best["per_type"]) == {"LOC", "ORG", "PER"}
@@ -108,7 +109,7 @@ def test_evaluation_matches_seqeval_on_the_same_predictions(ner_model_dir, ner_f
     from frugal_lm.engine.run import load_run, train
 
     # a half-trained model makes errors (invalid sequences too), so the scores compared are not all 1
-    train(ner_config(ner_model_dir, ner_files, tmp_path / "run", max_steps=12, eval_every=0), progress=False)
+    train(ner_config(ner_model_dir, ner_files, tmp_path / "run", max_steps=8, eval_every=0), progress=False)
     _, task, model = load_run(tmp_path / "run")
     records = task.read(str(ner_files[1]))
     ours = task.evaluate(model, records)

@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 IGNORE = -100
-# Rows of logits per chunk: 256 x 49,152 floats = 50 MB, small enough to stay out of the way and large enough
-# that the head's matmuls still run at full speed.
-CHUNK_ROWS = 256
+# Logits per chunk: 2**26 floats (256 MB), i.e. 1,365 rows of SmolLM2's 49,152-word vocabulary, so a batch of
+# 8 x 128 tokens is one chunk. Smaller chunks save memory but cost speed on a CPU: the head's matmul with
+# 256 rows ran 10-15% slower than with 1,024 (BENCHMARKS.md); the full-logits loss needs 3-4x this much.
+LOGITS_PER_CHUNK = 2**26
 # Model families whose causal-LM logits are exactly `lm_head(final hidden state)`: no logit soft-capping,
 # scaling or extra bias (gemma2's softcap, granite's and cohere's logit scales are why it is a list).
 PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "phi3", "olmo2", "smollm3"}
@@ -47,13 +48,18 @@ def _make_function() -> Any:
                     logits += bias.to(acc)
                 keep = t != IGNORE
                 safe = t.clamp(min=0)
-                lse = torch.logsumexp(logits, dim=-1)
                 picked = logits.gather(1, safe[:, None])[:, 0]
+                # log-sum-exp by hand, so the one exp pass also gives the softmax the gradient needs
+                # (torch.logsumexp would exponentiate into a temporary, then a second pass would again)
+                top = logits.amax(dim=-1, keepdim=True)
+                logits.sub_(top).exp_()
+                norm = logits.sum(dim=-1)
+                lse = top[:, 0] + norm.log()
                 total += ((lse - picked) * keep).sum()
                 if not (need_h or need_w or need_b):
                     continue
                 # d loss / d logits = softmax - onehot(target), zero on ignored rows; computed in place
-                logits.sub_(lse[:, None]).exp_()
+                logits.div_(norm[:, None])
                 logits.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
                 logits.mul_(keep[:, None])
                 g = logits.to(hidden.dtype)
@@ -88,18 +94,20 @@ def _make_function() -> Any:
 _FUNCTION: Any = None
 
 
-def linear_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any, chunk: int = CHUNK_ROWS) -> Any:
+def linear_cross_entropy(hidden: Any, weight: Any, bias: Any, target: Any, chunk: int | None = None) -> Any:
     """Cross-entropy of `hidden @ weight.T + bias` against `target`, summed over rows (IGNORE rows skipped).
 
     Args:
         hidden: [N, H] hidden states (any leading shape is flattened by the caller).
         weight: [V, H] output head; bias: [V] or None.
         target: [N] token ids, IGNORE (-100) where there is no target.
-        chunk: rows of logits computed at a time.
+        chunk: rows of logits computed at a time (default: as many as LOGITS_PER_CHUNK allows, at least 64).
     """
     global _FUNCTION
     if _FUNCTION is None:
         _FUNCTION = _make_function()
+    if chunk is None:
+        chunk = max(64, LOGITS_PER_CHUNK // max(1, weight.shape[0]))
     return _FUNCTION.apply(hidden, weight, bias, target, chunk)
 
 

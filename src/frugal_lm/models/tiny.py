@@ -23,16 +23,35 @@ def _words(texts: Iterable[str]) -> Counter:
 
 
 def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 500, lowercase: bool = True) -> Any:
-    """A BERT-style WordPiece tokenizer trained on `texts` (a `BertTokenizerFast`)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece tokenizer for `texts` (a `BertTokenizerFast`), the same in every process.
+
+    The vocabulary is built here rather than by `tokenizers`' WordPieceTrainer, whose ids (and even token
+    set) vary from one process to the next, which made tests on tiny BERTs flaky: the special tokens, every
+    character seen (alone and as a `##` continuation, so any word of the texts can be spelled), then whole
+    words by falling count (ties alphabetical) up to `vocab_size`.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab: dict[str, int] = {}
+    for token in [*SPECIALS_BERT, *chars, *(f"##{c}" for c in chars)]:
+        vocab.setdefault(token, len(vocab))
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS_BERT)
-    tok.train_from_iterator(list(texts), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
