@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py SPEC.json
 
-SPEC.json: {"model": dir, "train": file, "eval": file, "partial": run_dir, "resume": run_dir, "shards": dir}
+SPEC.json: {"model": dir, "train": file, "eval": file, "partial": run_dir, "resume": run_dir, "shards": dir,
+            "gpt2": dir, "texts": [str]}
 """
 
 from __future__ import annotations
@@ -58,8 +59,24 @@ def main() -> None:
         return batch
 
     results = map_batches(model, examples, collate, 3, fn)
+    # plain-text perplexity (the clm task's evaluation) is sharded the same way: record the windows run here
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from frugal_lm.lm.scoring import score_causal
+
+    lm = AutoModelForCausalLM.from_pretrained(spec["gpt2"]).eval()
+    windows: list[list[int]] = []
+
+    def record(_module, _args, kwargs):
+        for ids, mask in zip(kwargs["input_ids"], kwargs["attention_mask"], strict=True):
+            windows.append(ids[mask.bool()].tolist())
+
+    lm.register_forward_pre_hook(record, with_kwargs=True)
+    scores = score_causal(lm, AutoTokenizer.from_pretrained(spec["gpt2"]), spec["texts"], batch_size=2,
+                          max_length=8, stride=4)
     out = Path(spec["shards"]) / f"rank{ps.process_index}.json"
-    out.write_text(json.dumps({"computed": seen, "results": results}))
+    out.write_text(json.dumps({"computed": seen, "results": results, "windows": windows,
+                               "scores": [[s.logprob, s.tokens, s.words, s.token_ids] for s in scores]}))
 
 
 if __name__ == "__main__":

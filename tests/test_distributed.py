@@ -18,6 +18,9 @@ from frugal_lm.engine.run import train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 # 48 rows in batches of 8: 6 batches an epoch; 2 per step (2 processes x 1, or 1 process x 2 accumulated)
+# plain text for the perplexity shards: long enough for several windows of 8 tokens
+TEXTS = ["the cat sat on the mat and then the dog sat on the cat", "a film", "ok",
+         "the movie was good and the actors were great but the plot was dull"] * 3
 KEYS = {"epochs": 2, "eval_every": 3, "eval_batch_size": 4, "log_every": 1}
 
 
@@ -74,7 +77,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(one_process, tiny_en
 
 
 def test_checkpoints_move_between_process_counts_and_evaluation_is_sharded(
-        one_process, tiny_encoder_nodrop_dir, sentiment_files, tmp_path):
+        one_process, tiny_encoder_nodrop_dir, sentiment_files, tiny_gpt2_dir, tmp_path):
     partial, resumed, shards = tmp_path / "partial", tmp_path / "resumed", tmp_path / "shards"
     shards.mkdir()
     # checkpointed by 1 process at step 2, resumed by 2 in the worker
@@ -82,7 +85,8 @@ def test_checkpoints_move_between_process_counts_and_evaluation_is_sharded(
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": str(tiny_encoder_nodrop_dir), "train": str(sentiment_files[0]),
                                 "eval": str(sentiment_files[1]), "partial": str(partial), "resume": str(resumed),
-                                "shards": str(shards), "keys": KEYS}))
+                                "shards": str(shards), "keys": KEYS, "gpt2": str(tiny_gpt2_dir),
+                                "texts": TEXTS}))
     worker = Path(__file__).parent / "distributed_worker.py"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(worker), str(spec)], capture_output=True, text=True, env=ENV, timeout=300)
@@ -98,6 +102,20 @@ def test_checkpoints_move_between_process_counts_and_evaluation_is_sharded(
     assert computed[0] and computed[1] and not computed[0] & computed[1]
     assert sorted(ranks[0]["computed"] + ranks[1]["computed"]) == list(range(16))  # each row once
     assert ranks[0]["results"] == ranks[1]["results"] == list(range(16))
+    # plain-text perplexity (clm evaluation): each window run by one process, all scores on both, equal to 1
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from frugal_lm.lm.scoring import encode_causal, plan_windows, score_causal
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    expected = sorted(ids[b:e] for t in TEXTS for ids in [encode_causal(tok, t)] for b, e, _ in plan_windows(len(ids), 8, 4))
+    assert ranks[0]["windows"] and ranks[1]["windows"]
+    assert sorted(ranks[0]["windows"] + ranks[1]["windows"]) == expected  # no window twice, none lost
+    ref = score_causal(AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval(), tok, TEXTS, batch_size=2,
+                       max_length=8, stride=4)
+    for got in (ranks[0]["scores"], ranks[1]["scores"]):
+        assert [g[1:] for g in got] == [[s.tokens, s.words, s.token_ids] for s in ref]
+        assert [g[0] for g in got] == pytest.approx([s.logprob for s in ref], abs=1e-5)
 
 
 def test_shipped_accelerate_configs_load():
@@ -109,3 +127,21 @@ def test_shipped_accelerate_configs_load():
         "ddp_multi_gpu.yaml": ("MULTI_GPU", 1), "fsdp.yaml": ("FSDP", 1), "deepspeed_zero2.yaml": ("DEEPSPEED", 1),
         "deepspeed_zero3.yaml": ("DEEPSPEED", 1), "two_nodes.yaml": ("MULTI_GPU", 2)}
     assert [kinds[k].deepspeed_config["zero_stage"] for k in ("deepspeed_zero2.yaml", "deepspeed_zero3.yaml")] == [2, 3]
+
+
+@pytest.mark.parametrize("flag,mode", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")])
+def test_sharded_modes_are_refused_not_silently_run_as_ddp(flag, mode, monkeypatch, tiny_encoder_nodrop_dir,
+                                                           sentiment_files, tmp_path):
+    """`accelerate launch --config_file fsdp.yaml` sets ACCELERATE_USE_FSDP; on CPUs Accelerate would ignore
+    it and train unsharded, so frugal refuses with the reason instead (docs/distributed.md)."""
+    from frugal_lm.engine.trainer import sharded_mode
+    from frugal_lm.errors import FrugalError
+
+    assert sharded_mode("MULTI_CPU") is None and sharded_mode("FSDP") == "FSDP"
+    monkeypatch.setenv(flag, "true")
+    assert sharded_mode("MULTI_CPU") == mode
+    out = tmp_path / "run"
+    with pytest.raises(FrugalError, match=rf"^{mode}: sharded training is not supported: {mode} needs GPUs.*"
+                                          r"--processes N"):
+        train(config(tiny_encoder_nodrop_dir, sentiment_files, out), progress=False)
+    assert not (out / "model").exists() and not (out / "checkpoint").exists()

@@ -371,6 +371,9 @@ def test_oov_scored_as_unk_and_counted():
     assert (total.sentences, total.tokens, total.oovs) == (3, 3 + 3 + 3, 3)
     assert total.log10_prob == pytest.approx(m.score("a zzz") + m.score("b c") + m.score("qq rr"))
     assert total.perplexity == pytest.approx(10 ** (-total.log10_prob / 9))
+    oov_part = sum(lp for line in ["a zzz", "b c", "qq rr"] for lp, _, oov in m.full_scores(line) if oov)
+    assert total.oov_log10_prob == pytest.approx(oov_part)
+    assert total.perplexity_excluding_oovs == pytest.approx(10 ** (-(total.log10_prob - oov_part) / 6))
 
 
 def test_literal_unk_in_corpus_is_counted_like_a_word():

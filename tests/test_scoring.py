@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -108,10 +109,37 @@ def test_causal_bos_and_eos_flags(gpt2):
     no_eos = score_causal(model, tok, [text], add_eos=False)[0]
     assert no_eos.tokens == len(bare) and no_eos.words == len(text.split())
     assert no_eos.logprob == pytest.approx(sum(direct_causal(model, [tok.bos_token_id] + bare)), abs=1e-4)
-    # Without BOS the first token has no context and is not scored.
+    # Without a start token the first token has no context and is not scored, nor is its word counted.
     no_bos = score_causal(model, tok, [text], add_bos=False, add_eos=False)[0]
     assert no_bos.tokens == len(bare) - 1
+    assert no_bos.words == len(text.split()) - 1
     assert no_bos.logprob == pytest.approx(sum(direct_causal(model, bare)), abs=1e-4)
+
+
+def test_tokenizer_without_bos_starts_from_eos(gpt2):
+    """A tokenizer with no BOS: the EOS is the start token, so every token is scored, by the chain rule."""
+    model, tok = gpt2
+    no_bos = copy.deepcopy(tok)
+    no_bos.bos_token = None
+    assert no_bos.bos_token_id is None and no_bos.eos_token_id is not None
+    eos = no_bos.eos_token_id
+    for s, text in zip(score_causal(model, no_bos, TEXTS, batch_size=3), TEXTS, strict=True):
+        bare = tok(text, add_special_tokens=False)["input_ids"]
+        # independently: one unpadded forward pass over [EOS] + text + [EOS], summed by hand
+        ids = [eos] + bare + [eos]
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].double().log_softmax(-1)
+        exact = sum(float(logp[p - 1, ids[p]]) for p in range(1, len(ids)))
+        assert s.tokens == len(bare) + 1 and s.token_ids == bare + [eos]
+        assert s.words == len(text.split()) + 1  # every word and the end, all scored
+        assert s.logprob == pytest.approx(exact, abs=1e-4)
+    # With neither BOS nor EOS nothing can start the text: the first token and its word are not counted.
+    bare_tok = copy.deepcopy(no_bos)
+    bare_tok.eos_token = None
+    s = score_causal(model, bare_tok, [TEXTS[0]])[0]
+    bare = tok(TEXTS[0], add_special_tokens=False)["input_ids"]
+    assert s.tokens == len(bare) - 1 and s.words == len(TEXTS[0].split()) - 1
+    assert s.logprob == pytest.approx(sum(direct_causal(model, bare)), abs=1e-4)
 
 
 @pytest.mark.parametrize("max_length,stride", [(8, 4), (16, 5), (12, 11), (9, 1)])
@@ -126,15 +154,29 @@ def test_sliding_window_equals_hf_recipe(gpt2, max_length, stride):
     assert s.logprob == pytest.approx(total, abs=1e-3)
 
 
-def test_stride_equal_window_is_chunked(gpt2):
+def test_stride_equal_window_scores_every_token(gpt2):
+    """stride == max_length: consecutive windows overlap by one token, so no token goes unscored.
+
+    Checked against the chain rule computed independently over a hand-written plan of the windows.
+    """
     model, tok = gpt2
     ids = encode_causal(tok, LONG)
     L = 10
-    chunks = [ids[i: i + L] for i in range(0, len(ids), L)]
-    ref = [x for c in chunks if len(c) > 1 for x in direct_causal(model, c)]
     s = score_causal(model, tok, [LONG], max_length=L, stride=L)[0]
-    assert s.tokens == len(ref) == len(ids) - len(chunks) + (len(chunks[-1]) == 1)
-    assert s.token_logprobs == pytest.approx(ref, abs=1e-5)
+    assert s.tokens == len(ids) - 1 and s.token_ids == ids[1:]
+    assert s.words == len(LONG.split()) + 1
+    # windows [0, 10), [9, 19), [18, 28), ...: each scores the tokens after the previous window's end
+    exact, begin, scored = 0.0, 0, 0
+    while begin + 1 < len(ids):
+        window = ids[begin: begin + L]
+        with torch.no_grad():
+            logp = model(torch.tensor([window])).logits[0].double().log_softmax(-1)
+        for p in range(1, len(window)):
+            exact += float(logp[p - 1, window[p]])
+            scored += 1
+        begin += L - 1
+    assert scored == s.tokens
+    assert s.logprob == pytest.approx(exact, abs=1e-3)
 
 
 def test_window_longer_than_text_is_no_window(gpt2):
@@ -147,14 +189,14 @@ def test_window_longer_than_text_is_no_window(gpt2):
 def test_plan_windows_cover_each_position_once():
     for n in range(1, 40):
         for L in (2, 3, 7):
-            for stride in range(1, L):
+            for stride in range(1, L + 1):
                 wins = plan_windows(n, L, stride)
                 assert [p for _, e, f in wins for p in range(f, e)] == list(range(1, n))
                 assert all(e - b <= L for b, e, _ in wins)
                 # after the first window, each scored token sees at least L - stride tokens of context
-                assert all(f - b >= L - stride for b, _, f in wins[1:])
+                assert all(f - b >= max(L - stride, 1) for b, _, f in wins[1:])
     assert plan_windows(1, 4, 2) == []
-    assert plan_windows(10, 4, 4) == [(0, 4, 1), (4, 8, 5), (8, 10, 9)]
+    assert plan_windows(10, 4, 4) == [(0, 4, 1), (3, 7, 4), (6, 10, 7)]
 
 
 def test_window_settings_are_checked(gpt2):
@@ -195,6 +237,33 @@ def test_masked_pll_equals_direct_loop(bert):
         assert s.logprob == pytest.approx(sum(ref), abs=1e-4)
     one = score_masked(model, tok, TEXTS, batch_size=1)
     assert [s.logprob for s in one] == pytest.approx([s.logprob for s in scores], abs=1e-4)
+
+
+def test_masked_head_runs_only_at_masked_positions(bert):
+    """The vocabulary projection sees one hidden state per row, and the figures equal the full logits'."""
+    from frugal_lm.lm.scoring import _masked_positions_only
+
+    model, tok = bert
+    rows = [tok(t)["input_ids"] for t in TEXTS[:3]]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    at = torch.tensor([1, 2, 3])
+    ids[torch.arange(3), at] = tok.mask_token_id
+    shapes = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(out.shape))
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids, attention_mask=mask).logits[torch.arange(3), at]
+            with _masked_positions_only(model) as gather:
+                gather.positions = at
+                cut = model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        handle.remove()
+    assert gather.fired and tuple(cut.shape) == (3, 1, len(tok))
+    assert shapes == [(3, width, len(tok)), (3, 1, len(tok))]
+    assert torch.allclose(cut[:, 0], full, atol=1e-5)
+    assert not model.get_output_embeddings()._forward_pre_hooks  # the hook is removed afterwards
 
 
 def test_masked_long_text_windows(bert):
@@ -276,6 +345,42 @@ def test_ngram_scorer_matches_hand_computation(tmp_path):
     assert no_eos["log10_prob"] == pytest.approx(-0.5) and no_eos["tokens"] == no_eos["words"] == 2
     with pytest.raises(ModelError, match="no such ARPA file"):
         load_scorer(str(tmp_path / "missing.arpa"))
+
+
+def test_ngram_perplexity_with_and_without_oovs(tmp_path, cli_app):
+    """KenLM `query`'s two figures, computed by hand on the toy ARPA above."""
+    from typer.testing import CliRunner
+
+    from frugal_lm.lm.ngram import NgramModel
+    from frugal_lm.lm.scorers import load_scorer
+
+    path = tmp_path / "tiny.arpa"
+    path.write_text(ARPA)
+    texts = ["the cat", "cat dog", "the <unk>"]
+    # the cat: -0.3 -0.2 -0.4.  cat dog: (-0.30103 - 0.6) + (-0.1 - 1.0) [OOV] - 0.69897.
+    # the <unk>: -0.3 + (-0.2 - 1.0) [a literal <unk> is the unknown word: OOV too, as in KenLM] - 0.69897.
+    total, oov_part = -0.9 - 2.7 - 2.19897, -1.1 - 1.2
+    with_oov, without_oov = 10 ** (-total / 9), 10 ** (-(total - oov_part) / 7)
+    ours = NgramModel(path).score_corpus(texts)
+    assert (ours.tokens, ours.oovs) == (9, 2)
+    assert ours.oov_log10_prob == pytest.approx(oov_part)
+    assert ours.perplexity == pytest.approx(with_oov)
+    assert ours.perplexity_excluding_oovs == pytest.approx(without_oov)
+    result = load_scorer(str(path)).perplexity(texts)
+    assert (result["tokens"], result["words"], result["oovs"]) == (9, 9, 2)
+    assert result["ppl_token"] == pytest.approx(with_oov)
+    assert result["ppl_token_excl_oov"] == pytest.approx(without_oov)
+    assert result["ppl_word_excl_oov"] == pytest.approx(without_oov)  # n-gram tokens are words
+    data = tmp_path / "in.txt"
+    data.write_text("\n".join(texts) + "\n")
+    res = CliRunner().invoke(cli_app, ["perplexity", str(path), "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "OOVs         2" in res.stdout
+    assert f"ppl/token excluding OOVs  {without_oov:.4f}" in res.stdout
+    res = CliRunner().invoke(cli_app, ["perplexity", str(path), "--data", str(data), "--json"])
+    assert json.loads(res.stdout)["ppl_token_excl_oov"] == pytest.approx(without_oov)
+    # transformer figures have no OOVs, and no such keys
+    assert "oovs" not in corpus_perplexity([SentenceScore("a", -1.0, 1, 1)])
 
 
 def test_scorer_on_model_folders(tiny_gpt2_dir, tiny_bert_dir, gpt2, bert, tmp_path):

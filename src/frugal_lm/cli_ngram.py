@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
         t1 = time.perf_counter()
         total = lm.score_corpus(read_lines(data))
         out = {"model": str(model), "order": lm.order, "perplexity": total.perplexity,
+               "perplexity_excluding_oovs": total.perplexity_excluding_oovs,
                "log10_prob": total.log10_prob, "tokens": total.tokens, "oovs": total.oovs,
                "sentences": total.sentences, "load_seconds": round(t1 - t0, 3),
                "score_seconds": round(time.perf_counter() - t1, 3)}
@@ -87,6 +88,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(out))
         else:
             typer.echo(f"perplexity {total.perplexity:.2f} over {total.tokens:,} tokens "
-                       f"({total.sentences:,} sentences, {total.oovs:,} mapped to <unk>)")
+                       f"({total.sentences:,} sentences, {total.oovs:,} mapped to <unk>); "
+                       f"excluding OOVs {total.perplexity_excluding_oovs:.2f}")
 
     app.add_typer(ngram_app, name="ngram")

@@ -102,6 +102,10 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"log10 prob   {result['log10_prob']:.4f}")
         typer.echo(f"ppl/token    {_fmt(result['ppl_token'])}")
         typer.echo(f"ppl/word     {_fmt(result['ppl_word'])}")
+        if "oovs" in result:  # n-gram models: KenLM's "perplexity excluding OOVs" beside the figures above
+            typer.echo(f"OOVs         {result['oovs']} (mapped to <unk>, a literal <unk> included)")
+            typer.echo(f"ppl/token excluding OOVs  {_fmt(result['ppl_token_excl_oov'])}")
+            typer.echo(f"ppl/word excluding OOVs   {_fmt(result['ppl_word_excl_oov'])}")
 
 
 def _fmt(x: float | None) -> str:

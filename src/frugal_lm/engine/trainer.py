@@ -10,6 +10,7 @@ Devices, precision and multi-process runs come from Hugging Face Accelerate.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -116,6 +117,35 @@ def _class_labels(train_set: list[dict[str, Any]]) -> list[int]:
     return labels
 
 
+def sharded_mode(distributed_type: str) -> str | None:
+    """"FSDP" or "DEEPSPEED" when this run was asked to shard the model, else None.
+
+    On CPUs Accelerate (1.16) never enters those modes: `Accelerator(cpu=True)` ignores the FSDP/DeepSpeed
+    settings that `accelerate launch --config_file fsdp.yaml` passes in the environment and runs plain
+    DDP, so the environment is read too: a run asked to shard must not silently run unsharded.
+    """
+    if distributed_type in ("FSDP", "DEEPSPEED"):
+        return distributed_type
+    for mode, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(flag, "false").lower() in ("1", "true", "yes"):
+            return mode
+    return None
+
+
+def sharded_refusal(mode: str, gpus: bool) -> str:
+    """Why frugal refuses FSDP/DeepSpeed, what to use instead (docs/distributed.md has the details)."""
+    why = ("frugal's checkpoints, best-weights tracking, evaluation and export read whole parameters from one "
+           "process; with sharded parameters they need a gathering step (accelerator.get_state_dict) that is "
+           "not implemented, because it could not be tested here")
+    if not gpus:
+        why = (f"{mode} needs GPUs: on CPUs Accelerate ignores the {mode} settings and would silently run "
+               "unsharded DDP (FSDP), or start processes that disagree on the world size (DeepSpeed); also, "
+               + why)
+    return (f"{mode}: sharded training is not supported: {why}. Use DDP instead (frugal train --processes N, "
+            "or accelerate launch --config_file examples/accelerate/ddp_multi_gpu.yaml), with LoRA, bf16 "
+            "and train.gradient_checkpointing to fit the model in one GPU's memory")
+
+
 class Trainer:
     """Train `model` on encoded examples for `task`, writing checkpoints and logs into `run_dir`.
 
@@ -146,15 +176,17 @@ class Trainer:
         self.collator = collator
         self.train_set = train_set
         self.precision = resolve_precision(cfg.precision)
+        # checked before Accelerator() too, which fails with an ImportError on DeepSpeed settings when
+        # deepspeed is not installed
+        sharded = sharded_mode("")
+        if sharded:
+            raise FrugalError(sharded_refusal(sharded, torch.cuda.is_available()))
         # without cpu=True, accelerate does not see a CPU-only torchrun launch as distributed (gloo)
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
         acc = self.accelerator
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
-            # checkpoints, best weights and the export read whole parameters from one process; sharded
-            # states need gathering (accelerator.get_state_dict) that has not been verified on GPUs yet
-            raise FrugalError(f"{acc.distributed_type.name}: sharded training is not supported by frugal's "
-                              "checkpoints yet; use DDP (examples/accelerate/ddp_multi_gpu.yaml, or "
-                              "--processes N), with train.gradient_checkpointing and LoRA to save memory")
+        sharded = sharded_mode(acc.distributed_type.name)
+        if sharded:
+            raise FrugalError(sharded_refusal(sharded, torch.cuda.is_available()))
         world = acc.num_processes
         self.group = group or cfg.grad_accum * world
         if self.group % world:

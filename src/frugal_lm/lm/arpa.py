@@ -293,11 +293,18 @@ class CorpusScore:
     tokens: int = 0
     oovs: int = 0
     sentences: int = 0
+    oov_log10_prob: float = 0.0  # the part of ``log10_prob`` paid for OOV words
 
     @property
     def perplexity(self) -> float:
-        """``10 ** (-log10_prob / tokens)``."""
+        """``10 ** (-log10_prob / tokens)``: KenLM's "perplexity including OOVs"."""
         return 10.0 ** (-self.log10_prob / self.tokens) if self.tokens else math.nan
+
+    @property
+    def perplexity_excluding_oovs(self) -> float:
+        """KenLM's "perplexity excluding OOVs": OOV words' probabilities and counts left out."""
+        n = self.tokens - self.oovs
+        return 10.0 ** (-(self.log10_prob - self.oov_log10_prob) / n) if n else math.nan
 
 
 class NgramModel:
@@ -417,7 +424,7 @@ class NgramModel:
         """Score sentences (one per line, blank lines skipped), each with ``<s>`` and ``</s>``."""
         total = CorpusScore()
         unk, eos = self.unk_id, (self.eos_id if self.eos_id >= 0 else self.unk_id)
-        log10_prob, start = 0.0, self._start(True)
+        log10_prob, oov_log10_prob, start = 0.0, 0.0, self._start(True)
         for line in lines:
             ids = self._ids(line)
             if not ids:
@@ -425,10 +432,16 @@ class NgramModel:
             ids.append(eos)
             total.sentences += 1
             total.tokens += len(ids)
-            total.oovs += ids.count(unk)
+            if unk in ids:  # the slower path only for sentences with an OOV
+                total.oovs += ids.count(unk)
+                for w, (lp, _) in zip(ids, self._scores(ids, start), strict=True):
+                    log10_prob += lp
+                    if w == unk:
+                        oov_log10_prob += lp
+                continue
             for lp, _ in self._scores(ids, start):
                 log10_prob += lp
-        total.log10_prob = log10_prob
+        total.log10_prob, total.oov_log10_prob = log10_prob, oov_log10_prob
         return total
 
     def score_file(self, path: str | os.PathLike) -> CorpusScore:

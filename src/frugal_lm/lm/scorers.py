@@ -61,8 +61,11 @@ class NgramScorer(Scorer):
     def score(self, texts: Sequence[str]) -> list[SentenceScore]:
         out = []
         for text in texts:
-            lps = [lp * LN10 for lp, _, _ in self.model.full_scores(text, bos=True, eos=self.eos)]
-            out.append(SentenceScore(text, math.fsum(lps), len(lps), count_words(text, self.eos), lps))
+            rows = list(self.model.full_scores(text, bos=True, eos=self.eos))
+            lps = [lp * LN10 for lp, _, _ in rows]
+            oov_lps = [lp for lp, (_, _, oov) in zip(lps, rows, strict=True) if oov]
+            out.append(SentenceScore(text, math.fsum(lps), len(lps), count_words(text, self.eos), lps,
+                                     oovs=len(oov_lps), oov_logprob=math.fsum(oov_lps)))
         return out
 
 

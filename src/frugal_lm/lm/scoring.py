@@ -10,8 +10,14 @@ Counting conventions, so that an n-gram model and a sub-word transformer are com
 - `words` is whitespace-separated words, plus one per sentence when an end-of-sentence token is scored
   (the n-gram `</s>`, or the transformer's EOS). Per-word perplexity exp(-sum logp / words) is the figure
   to compare across tokenizers: both models then pay for the same text, including where it ends.
-- A causal LM scores each token given all earlier ones. A BOS token is prepended when the tokenizer has one
-  (so the first real token is scored too); without BOS the first token has no context and is not scored.
+- A causal LM scores each token given all earlier ones. A start token is prepended so that the first real
+  token is scored too: the tokenizer's BOS, or its EOS when it has no BOS (GPT-style models are trained on
+  documents separated by EOS, so EOS is the natural "start of text" context). Sliding windows always overlap
+  by at least one token, so every token after the start token is scored, whatever the stride.
+- `words` counts only what was scored: when no start token can be prepended (`add_bos=False`, or a
+  tokenizer with neither BOS nor EOS) the first token is context only, and the first word is then not
+  counted (the score stays conservative: the rest of that word's sub-word tokens, if any, are still paid
+  for). Per-word perplexity is thus never computed over words whose tokens were not all scored.
 - A masked LM's pseudo-log-likelihood (Salazar et al., 2020) sums log P(token | all other tokens), masking
   each non-special token in turn. It is not a probability of the text (it does not sum to one over texts),
   so its perplexity is not comparable with a causal LM's, and no end-of-sentence token is scored.
@@ -19,8 +25,9 @@ Counting conventions, so that an n-gram model and a sub-word transformer are com
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +47,9 @@ class SentenceScore:
     words: int
     token_logprobs: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    # n-gram models only: words mapped to <unk>, and the part of `logprob` they cost (natural log)
+    oovs: int | None = None
+    oov_logprob: float = 0.0
 
     @property
     def log10_prob(self) -> float:
@@ -71,7 +81,7 @@ def corpus_perplexity(scores: Sequence[SentenceScore]) -> dict[str, Any]:
     logprob = math.fsum(s.logprob for s in scores)
     tokens = sum(s.tokens for s in scores)
     words = sum(s.words for s in scores)
-    return {
+    out = {
         "sentences": len(scores),
         "tokens": tokens,
         "words": words,
@@ -79,6 +89,15 @@ def corpus_perplexity(scores: Sequence[SentenceScore]) -> dict[str, Any]:
         "ppl_token": math.exp(-logprob / tokens) if tokens else None,
         "ppl_word": math.exp(-logprob / words) if words else None,
     }
+    if scores and all(s.oovs is not None for s in scores):
+        # As KenLM's `query`: the perplexity "excluding OOVs" drops OOV words' log-probs and counts. An OOV
+        # costs p(<unk>), which can make a text with many OOVs look easy; this figure shows it.
+        oovs = sum(s.oovs or 0 for s in scores)
+        rest = logprob - math.fsum(s.oov_logprob for s in scores)
+        out["oovs"] = oovs
+        out["ppl_token_excl_oov"] = math.exp(-rest / (tokens - oovs)) if tokens > oovs else None
+        out["ppl_word_excl_oov"] = math.exp(-rest / (words - oovs)) if words > oovs else None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- causal
@@ -114,9 +133,10 @@ def plan_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, i
     """Windows `(begin, end, first)`: run ids[begin:end] and score positions first..end-1.
 
     The Hugging Face perplexity recipe: windows start every `stride` tokens and each scores only the tokens
-    the previous one did not, so with stride < max_length every position after 0 is scored exactly once
-    with at least max_length - stride tokens of context. With stride == max_length the windows are
-    independent chunks and the first token of each chunk is context only (it has nothing to condition on).
+    the previous one did not, so every position after 0 is scored exactly once with at least
+    max_length - stride tokens of context. With stride == max_length the recipe would make independent
+    chunks whose first token is never scored; a window therefore starts at most at the previous window's
+    last token, so it has one token of context and every position after 0 is still scored.
     """
     if n <= max_length:
         return [(0, n, 1)] if n > 1 else []
@@ -129,7 +149,7 @@ def plan_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int, i
         prev_end = end
         if end == n:
             return windows
-        begin += stride
+        begin = min(begin + stride, prev_end - 1)
 
 
 def encode_causal(tokenizer: Any, text: str, add_bos: bool = True, add_eos: bool = True,
@@ -137,8 +157,9 @@ def encode_causal(tokenizer: Any, text: str, add_bos: bool = True, add_eos: bool
     """Token ids with BOS/EOS added by hand (tokenizers disagree on adding them; GPT-2's never does).
 
     `bos_id`/`eos_id` replace the tokenizer's BOS/EOS (e.g. a document separator instead of a chat marker).
+    Without a BOS the EOS is the start token (see `start_id`).
     """
-    bos = tokenizer.bos_token_id if bos_id is None else bos_id
+    bos = start_id(tokenizer, bos_id, eos_id)
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if add_bos and bos is not None:
@@ -146,6 +167,15 @@ def encode_causal(tokenizer: Any, text: str, add_bos: bool = True, add_eos: bool
     if add_eos and eos is not None:
         ids = ids + [eos]
     return ids
+
+
+def start_id(tokenizer: Any, bos_id: int | None = None, eos_id: int | None = None) -> int | None:
+    """The token that gives the first real token its context: BOS, else EOS (the document separator of
+    GPT-style training), else None (then the first token cannot be scored)."""
+    for tid in (bos_id, tokenizer.bos_token_id, eos_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return None
 
 
 def _pad_batch(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
@@ -179,7 +209,7 @@ def score_causal(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size
         tokenizer: its tokenizer.
         texts: the sentences.
         batch_size: windows per forward pass.
-        add_bos: prepend the tokenizer's BOS (when it has one) so the first token is scored.
+        add_bos: prepend a start token (BOS, else EOS) so the first token is scored.
         add_eos: append EOS and score it, like the n-gram `</s>`.
         bos_id, eos_id: use these ids instead of the tokenizer's BOS/EOS.
         max_length, stride: sliding window for long texts (see `plan_windows`); max_length defaults to the
@@ -194,15 +224,23 @@ def score_causal(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size
     encoded = [encode_causal(tokenizer, t, add_bos, add_eos, bos_id, eos_id) for t in texts]
     # The end of the sentence counts as a word only when an EOS token is really scored.
     eos_scored = add_eos and (eos_id if eos_id is not None else tokenizer.eos_token_id) is not None
+    # Without a start token the first token is context only: its word is then not counted either.
+    first_unscored = not (add_bos and start_id(tokenizer, bos_id, eos_id) is not None)
     # One row per window; longest first so that each batch pads little.
     rows = [(i, b, ids[b:e], f - b) for i, ids in enumerate(encoded)
             for b, e, f in plan_windows(len(ids), max_length, stride)]
     rows.sort(key=lambda r: -len(r[2]))
     pieces: dict[int, list[tuple[int, list[float]]]] = {i: [] for i in range(len(texts))}
     device, pad_id = model.device, _pad_id(tokenizer)
+    # Under a process group (evaluation during a multi-process training run) each process runs every
+    # world-th batch and the pieces are gathered below: each window is computed once, all processes get all.
+    rank, world = _process_share()
+    mine: list[tuple[int, int, list[float]]] = []
     model.eval()
     with torch.inference_mode():
-        for start in _batches(len(rows), batch_size, progress):
+        for b, start in enumerate(_batches(len(rows), batch_size, progress)):
+            if b % world != rank:
+                continue
             batch = rows[start: start + batch_size]
             ids, mask = _pad_batch([r[2] for r in batch], pad_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
@@ -210,14 +248,30 @@ def score_causal(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size
                 # logits at position p predict token p+1; one row at a time keeps the float32 copy small.
                 lp = logits[j, first - 1: len(seg) - 1].float().log_softmax(-1)
                 target = torch.tensor(seg[first:], device=lp.device)
-                pieces[i].append((begin, lp.gather(-1, target[:, None])[:, 0].tolist()))
+                mine.append((i, begin, lp.gather(-1, target[:, None])[:, 0].tolist()))
+    if world > 1:
+        shares: list[Any] = [None] * world
+        torch.distributed.all_gather_object(shares, mine)
+        mine = [piece for share in shares for piece in share]
+    for i, begin, lps in mine:
+        pieces[i].append((begin, lps))
     out = []
     for i, text in enumerate(texts):
         token_lps = [x for _, lps in sorted(pieces[i]) for x in lps]
         scored_ids = _scored_ids(len(encoded[i]), encoded[i], max_length, stride)
-        out.append(SentenceScore(text, math.fsum(token_lps), len(token_lps), count_words(text, eos_scored),
-                                 token_lps, scored_ids))
+        words = count_words(text, eos_scored)
+        if first_unscored and encoded[i] and words:
+            words -= 1  # the first word's first token (or, for an empty text, the EOS) was not scored
+        out.append(SentenceScore(text, math.fsum(token_lps), len(token_lps), words, token_lps, scored_ids))
     return out
+
+
+def _process_share() -> tuple[int, int]:
+    """(rank, world) of the running process group, as `engine.inference.map_batches` shards its batches;
+    (0, 1) outside one or inside `engine.inference.local_only()` (work only the main process does)."""
+    from frugal_lm.engine.inference import _shard
+
+    return _shard()
 
 
 def _scored_ids(n: int, ids: list[int], max_length: int, stride: int) -> list[int]:
@@ -269,6 +323,45 @@ def _batches(n: int, batch_size: int, progress: bool) -> Any:
     return tqdm(starts, desc="scoring", unit="batch", leave=False)
 
 
+class _Gather:
+    positions: Any = None
+    fired: bool = False
+
+
+@contextlib.contextmanager
+def _masked_positions_only(model: Any) -> Iterator[_Gather]:
+    """Make the MLM head project only the masked position of each row to the vocabulary.
+
+    PLL reads one position per row, but the model computes (batch, length, vocab) logits: 2 GB for 32 rows
+    of 512 tokens on MiniLM (30,522 words), 205 MB on 20 short PTB sentences against 3.7 MB with the cut. A forward pre-hook on the output projection (`get_output_embeddings()`, the vocab-sized
+    matrix that is nearly all of that cost) keeps only each row's masked hidden state, so the logits are
+    (batch, 1, vocab). The head's small hidden-to-hidden transform still runs at every position, which keeps
+    this generic across BERT, RoBERTa, DistilBERT, ModernBERT...; a model whose head does not call that
+    module (or feeds it something other than (batch, length, hidden)) is left alone and its full logits are
+    indexed instead (`fired` stays False).
+    """
+    import torch
+
+    gather = _Gather()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+    def pre_hook(_module: Any, args: tuple) -> tuple | None:
+        hidden = args[0] if args else None
+        if gather.positions is None or hidden is None or hidden.dim() != 3 \
+                or hidden.shape[0] != gather.positions.shape[0]:
+            return None
+        gather.fired = True
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, gather.positions.to(hidden.device)][:, None, :], *args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook) if head is not None else None
+    try:
+        yield gather
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def score_masked(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
                  max_length: int | None = None, progress: bool = False) -> list[SentenceScore]:
     """Pseudo-log-likelihood of each text: sum over non-special tokens of log P(token | all the others).
@@ -295,14 +388,20 @@ def score_masked(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size
     lps = [0.0] * len(rows)
     device, pad_id = model.device, _pad_id(tokenizer)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _masked_positions_only(model) as gather:
         for start in _batches(len(order), batch_size, progress):
             idx = order[start: start + batch_size]
             ids, mask = _pad_batch([rows[r][1] for r in idx], pad_id)
+            at = torch.tensor([rows[r][2] for r in idx], device=device)
+            gather.positions, gather.fired = at, False
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for j, r in enumerate(idx):
-                _, _, at, target = rows[r]
-                lps[r] = float(logits[j, at].float().log_softmax(-1)[target])
+            rows_j = torch.arange(len(idx), device=logits.device)
+            # (batch, 1, vocab) when the hook cut the projection down; else the full (batch, len, vocab)
+            picked = logits[:, 0] if gather.fired else logits[rows_j, at.to(logits.device)]
+            targets = torch.tensor([rows[r][3] for r in idx], device=logits.device)
+            out = picked.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0].tolist()
+            for r, lp in zip(idx, out, strict=True):
+                lps[r] = lp
     per_text: list[list[int]] = [[] for _ in texts]
     for r, row in enumerate(rows):
         per_text[row[0]].append(r)

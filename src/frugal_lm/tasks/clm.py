@@ -356,7 +356,8 @@ class CausalLMTask(Task):
         if records and isinstance(records[0], Document):
             bos, eos = self.boundaries()
             scores = score_causal(model, self.tokenizer, [d.text for d in records],
-                                  batch_size=self.cfg.train.eval_batch_size, add_bos=bos is not None,
+                                  # add_bos=True: without a BOS the EOS starts the text (as `frugal perplexity`)
+                                  batch_size=self.cfg.train.eval_batch_size, add_bos=True,
                                   add_eos=eos is not None, max_length=self.cfg.model.max_length,
                                   stride=self.options.stride or None, bos_id=bos, eos_id=eos)
         else:
