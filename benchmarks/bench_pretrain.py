@@ -14,12 +14,21 @@ throughput  bert-mini (L4/H256, Turc et al. 2019) masked-LM pretraining from scr
                 the masked positions only.
 memory      peak RSS of building the on-disk corpus cache and streaming 200 training batches from it, for
             corpora of 1x, 4x and 16x PTB train (each size in a fresh process): flat means larger-than-RAM works.
-dapt        continued MLM of MiniLM on SST-2 train sentences (text only), then fine-tuning on small labelled
-            samples vs the original MiniLM (`--sizes`, `--seeds`).
+dapt        continued MLM of MiniLM on SST-2 train sentences (text only; the new MLM head is tied to the input
+            embeddings and starts untrained, hence lr 5e-4 with warmup), for `--dapt-steps` steps or
+            `--max-minutes`, then full fine-tuning on small labelled samples (`--sizes` rows x `--seeds`, the
+            same sample for both models) vs the original MiniLM. MLM loss / accuracy on the SST-2 dev sentences
+            before (original MiniLM + a fresh head) and during continued pretraining.
+scratch     a WordPiece tokenizer trained on PTB train + tinyshakespeare, bert-mini MLM+NSP from scratch on that
+            text for `--max-minutes`, then fine-tuning on SST-2 samples vs the same architecture and tokenizer
+            from random initialisation. MLM / NSP curves on held-out text (PTB valid + Shakespeare tail).
+            Fine-tuned models are scored once, after the last epoch (no epoch chosen on the dev set).
 
 Usage: python benchmarks/bench_pretrain.py throughput [--steps 40] [--output benchmarks/results_pretrain.md]
        python benchmarks/bench_pretrain.py memory
-       python benchmarks/bench_pretrain.py dapt [--dapt-steps 150] [--sizes 200 1000] [--seeds 0 1 2]
+       python benchmarks/bench_pretrain.py dapt [--dapt-steps 90] [--max-minutes 10] [--sizes 200 1000] [--seeds 0 1 2]
+       python benchmarks/bench_pretrain.py scratch [--dapt-steps 450] [--max-minutes 12] [--sizes 1000]
+           [--plot benchmarks/results_pretrain_scratch.png]
 """
 
 from __future__ import annotations
@@ -236,62 +245,252 @@ def memory(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(rows, indent=1))
 
 
-# -- domain adaptation -------------------------------------------------------------------------------
-def dapt(a: argparse.Namespace) -> None:
+# -- domain adaptation and from scratch: shared pieces ------------------------------------------------
+def write_tsv(path: Path, rows: list[dict]) -> Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in rows))
+    return path
+
+
+def sst2_rows(split: str) -> list[dict]:
     import csv
+
+    with open(SHARED / "sst2" / f"{split}.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def eval_points(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"]
+
+
+def finetune_grid(a: argparse.Namespace, work: Path, models: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """Fine-tune each model (name -> model config overrides) on the same SST-2 samples (size x seed; one
+    sample per (size, seed), shared by the models) and score it once, at the end, on the dev rows: no
+    choice of epoch on the dev set."""
     import random
-    import statistics
 
     from frugal_lm.config import load_config
     from frugal_lm.engine.run import train
 
-    work = Path(tempfile.mkdtemp(prefix="bench_dapt_"))
-    rows = list(csv.DictReader(open(SHARED / "sst2" / "train.tsv"), delimiter="\t"))
-    text = work / "sst2_text.txt"
-    text.write_text("\n".join(r["sentence"].strip() for r in rows) + "\n")
-    t0 = time.perf_counter()
-    cfg = load_config(overrides={
-        "task": "pretrain", "output": str(work / "dapt"), "model": {"name": "minilm", "max_length": a.max_length},
-        "data": {"train": str(text)}, "pretrain": {"objective": "mlm", "cache_dir": str(work / "cache")},
-        "train": {"max_steps": a.dapt_steps, "batch_size": 32, "lr": 1e-4, "log_every": 10}})
-    train(cfg, overwrite=True, progress=False)
-    dapt_seconds = time.perf_counter() - t0
+    rows = sst2_rows("train")
+    dev_rows = sst2_rows("dev")[:a.dev_rows or None]
+    dev = write_tsv(work / "dev.tsv", dev_rows)
     results: dict = {}
-    dev_rows = list(csv.DictReader(open(SHARED / "sst2" / "dev.tsv"), delimiter="\t"))[:a.dev_rows or None]
-    dev = work / "dev.tsv"
-    dev.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in dev_rows))
+    runs = []
+    reuse = {}
+    if a.reuse:  # --reuse FILE:MODEL: that model's fine-tunes from an earlier JSON (deterministic on CPU)
+        file, name = a.reuse.rsplit(":", 1)
+        reuse = {(r["model"], r["size"], r["seed"]): r for r in json.loads(Path(file).read_text())["runs"]
+                 if r["model"] == name}
     for size in a.sizes:
         for seed in a.seeds:
-            sample = random.Random(seed).sample(rows, size)
-            f = work / f"train_{size}_{seed}.tsv"
-            f.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in sample))
-            for name, model in (("minilm", "minilm"), ("dapt", str(work / "dapt"))):
+            f = write_tsv(work / f"train_{size}_{seed}.tsv", random.Random(seed).sample(rows, size))
+            for name, model in models.items():
+                if (name, size, seed) in reuse:  # the same fine-tune (model, sample, seed) from an earlier run
+                    results.setdefault(f"{name}/{size}", []).append(reuse[name, size, seed]["accuracy"])
+                    runs.append({**reuse[name, size, seed], "reused": True})
+                    continue
                 c = load_config(overrides={
                     "task": "classify", "output": str(work / f"c_{name}_{size}_{seed}"),
-                    "model": {"name": model, "max_length": a.max_length},
+                    "model": {**model, "max_length": a.max_length},
                     "data": {"train": str(f), "eval": str(dev), "text_column": "sentence"},
                     "classify": {"method": "finetune"},
-                    "train": {"epochs": a.epochs, "batch_size": 16, "lr": 5e-5, "seed": seed}})
-                acc = train(c, overwrite=True, progress=False)["best"]["accuracy"]
+                    "train": {"epochs": a.epochs, "batch_size": 16, "lr": a.ft_lr, "seed": seed,
+                              "eval_every": 10**9, "save_every": 10**9,
+                              # classify freezes embeddings by default (right for a pretrained body); a
+                              # random-init baseline with frozen random word vectors would be a straw man
+                              **({"freeze_embeddings": False} if a.ft_train_embeddings else {})}})
+                s = train(c, overwrite=True, progress=False)
+                acc = s["final"]["accuracy"]
                 results.setdefault(f"{name}/{size}", []).append(acc)
-                print(name, size, seed, acc, flush=True)
-    out = [f"continued MLM of MiniLM on SST-2 train text: {a.dapt_steps} steps x 32 x {a.max_length} tokens "
-           f"({dapt_seconds:.0f} s); then full fine-tuning {a.epochs} epochs, accuracy on {len(dev_rows)} dev rows, "
-           f"seeds {a.seeds}", "",
-           "| train rows | MiniLM | MiniLM + continued MLM |", "|---|---|---|"]
-    for size in a.sizes:
-        cells = []
-        for name in ("minilm", "dapt"):
-            v = results[f"{name}/{size}"]
-            cells.append(f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0:.3f}")
-        out.append(f"| {size} | {cells[0]} | {cells[1]} |")
+                runs.append({"model": name, "size": size, "seed": seed, "accuracy": acc,
+                             "train_seconds": s["train_seconds"]})
+                print(name, size, seed, f"{acc:.4f}", f"{s['train_seconds']:.0f}s", flush=True)
+    return results, runs
+
+
+def grid_table(results: dict, sizes: list[int], names: dict[str, str]) -> list[str]:
+    import statistics
+
+    def cell(v: list[float]) -> str:
+        return f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0:.3f}"
+
+    first, second = list(names)
+    out = [f"| train rows | {names[first]} | {names[second]} | difference (points) | per seed |", "|---|---|---|---|---|"]
+    for size in sizes:
+        x, y = results[f"{first}/{size}"], results[f"{second}/{size}"]
+        diffs = [100 * (b - a) for a, b in zip(x, y, strict=True)]
+        out.append(f"| {size} | {cell(x)} | {cell(y)} | {statistics.mean(diffs):+.1f} | "
+                   f"{', '.join(f'{d:+.1f}' for d in diffs)} |")
+    return out
+
+
+def uptime() -> str:
+    return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def mlm_score(model: str, eval_file: str, cache: str, max_length: int, objective: str = "mlm") -> dict:
+    """MLM (and NSP) metrics of a masked LM (alias, folder or run; a checkpoint without an MLM head gets a
+    fresh one, seed 0) on the eval text's blocks with the evaluation's fixed masks."""
+    import torch
+
+    from frugal_lm.config import load_config
+    from frugal_lm.lm.fill_mask import load_masked_lm
+    from frugal_lm.tasks.pretrain import PretrainTask
+
+    torch.manual_seed(0)
+    cfg = load_config(overrides={"task": "pretrain", "model": {"name": model, "max_length": max_length},
+                                 "pretrain": {"cache_dir": cache, "objective": objective},
+                                 "train": {"eval_batch_size": 64}})
+    task = PretrainTask(cfg)
+    tok, m = load_masked_lm(model)
+    task.tokenizer = tok
+    return task.evaluate(m, task.read(eval_file))
+
+
+def workdir(a: argparse.Namespace, prefix: str) -> Path:
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+# -- domain adaptation -------------------------------------------------------------------------------
+def dapt(a: argparse.Namespace) -> None:
+    """Continued MLM of MiniLM on SST-2 train sentences (text only), then fine-tuning vs the original."""
+    from frugal_lm.config import load_config
+    from frugal_lm.engine.run import train
+
+    load0 = uptime()
+    work = workdir(a, "bench_dapt_")
+    text = work / "sst2_text.txt"
+    text.write_text("\n".join(r["sentence"].strip() for r in sst2_rows("train")) + "\n")
+    dev_text = work / "sst2_dev_text.txt"  # held-out text for the MLM figures (the dev sentences, no labels)
+    dev_text.write_text("\n".join(r["sentence"].strip() for r in sst2_rows("dev")) + "\n")
+    cache = str(work / "cache")
+    before = mlm_score("minilm", str(dev_text), cache, a.max_length)
+    print("before", before, flush=True)
+    run = work / "dapt"
+    if not a.skip_pretrain:
+        cfg = load_config(overrides={
+            "task": "pretrain", "output": str(run), "model": {"name": "minilm", "max_length": a.max_length},
+            "data": {"train": str(text), "eval": str(dev_text)},
+            "pretrain": {"objective": "mlm", "cache_dir": cache},
+            "train": {"max_steps": a.dapt_steps, "max_minutes": a.max_minutes, "batch_size": 32, "lr": a.lr,
+                      "warmup_ratio": 0.1, "log_every": 5, "eval_every": a.eval_every, "save_every": 10**9}})
+        summary = train(cfg, overwrite=True, progress=False)
+    else:
+        summary = json.loads((run / "metrics.json").read_text())
+    evals = eval_points(run)
+    print("dapt", summary["steps"], summary["stopped"], evals[-1], flush=True)
+    results, runs = finetune_grid(a, work, {"minilm": {"name": "minilm"}, "dapt": {"name": str(run)}})
+    load1 = uptime()
+    res = {"before": before, "evals": evals, "dapt_summary": {k: summary[k] for k in (
+        "steps", "stopped", "train_seconds", "wall_seconds", "train_tokens_per_s")},
+           "results": results, "runs": runs, "load_start": load0, "load_end": load1, "args": vars(a)}
+    Path(a.json).write_text(json.dumps(res, indent=1))
+    out = [f"Continued MLM of MiniLM on the SST-2 train sentences (text only): {summary['steps']} steps x 32 x "
+           f"{a.max_length} tokens, lr {a.lr} (10% warmup, linear decay over {a.dapt_steps} steps), "
+           f"{summary['wall_seconds']:.0f} s wall ({summary['stopped']}); then full fine-tuning {a.epochs:g} epochs, "
+           f"batch 16, lr {a.ft_lr}, max length {a.max_length}, scored once at the end on "
+           f"{len(sst2_rows('dev')[:a.dev_rows or None])} dev rows, seeds {a.seeds}. Load average (1/5/15 min) "
+           f"at start {load0}, at end {load1}.", "",
+           "MLM on the SST-2 dev sentences (fixed masks):", "",
+           "| | MLM loss | MLM accuracy | masked-token perplexity |", "|---|---|---|---|",
+           f"| original MiniLM + fresh tied MLM head | {before['mlm_loss']:.3f} | {before['mlm_accuracy']:.3f} | "
+           f"{before['mlm_perplexity']:.0f} |"]
+    out += [f"| after {e['step']} steps | {e['mlm_loss']:.3f} | {e['mlm_accuracy']:.3f} | "
+            f"{e['mlm_perplexity']:.0f} |" for e in evals]
+    out += ["", "SST-2 dev accuracy (mean ± sample std over seeds):", ""]
+    out += grid_table(results, a.sizes, {"minilm": "MiniLM", "dapt": "MiniLM + continued MLM"})
     print("\n".join(out))
-    Path(a.json).write_text(json.dumps(results, indent=1))
+    if a.output:
+        Path(a.output).write_text("\n".join(out) + "\n")
+
+
+# -- from scratch ------------------------------------------------------------------------------------
+def scratch_corpus(work: Path, doc_lines: int, heldout_lines: int) -> tuple[Path, Path]:
+    """PTB train + tinyshakespeare as one text in `sentences` layout (one line a sentence, a blank line
+    between documents). Neither has document marks NSP could use (PTB: one sentence a line, articles run
+    together; Shakespeare: speaker turns of a line or two), so every `doc_lines` consecutive lines make a
+    pseudo-document: NSP's true next segment is the following text, its negatives come from elsewhere. The
+    eval text: the first `heldout_lines` of PTB valid and the last `heldout_lines` of Shakespeare (kept out of
+    training)."""
+
+    def docs(lines: list[str]) -> str:
+        lines = [x.strip() for x in lines if x.strip()]
+        return "".join("\n".join(lines[i:i + doc_lines]) + "\n\n" for i in range(0, len(lines), doc_lines))
+
+    ptb = (SHARED / "ptb" / "ptb.train.txt").read_text().splitlines()
+    shakes = [x for x in (SHARED / "tinyshakespeare" / "input.txt").read_text().splitlines() if x.strip()]
+    train_text, eval_text = work / "corpus.txt", work / "corpus_eval.txt"
+    train_text.write_text(docs(ptb) + docs(shakes[:-heldout_lines]))
+    valid = (SHARED / "ptb" / "ptb.valid.txt").read_text().splitlines()[:heldout_lines]
+    eval_text.write_text(docs(valid) + docs(shakes[-heldout_lines:]))
+    return train_text, eval_text
+
+
+def scratch(a: argparse.Namespace) -> None:
+    """bert-mini MLM+NSP from scratch on PTB + tinyshakespeare for a wall-clock budget, then fine-tuning on
+    SST-2 vs the same architecture and tokenizer from random initialisation."""
+    import shutil
+
+    from frugal_lm.config import load_config
+    from frugal_lm.engine.run import train
+    from frugal_lm.models.presets import train_tokenizer
+
+    load0 = uptime()
+    work = workdir(a, "bench_scratch_")
+    corpus, eval_text = scratch_corpus(work, a.doc_lines, a.heldout_lines)
+    tok = work / "tokenizer"
+    if not (tok / "tokenizer.json").exists():
+        t0 = time.perf_counter()
+        train_tokenizer("wordpiece", [str(corpus)], a.vocab_size, tok)
+        print(f"tokenizer: {time.perf_counter() - t0:.0f} s", flush=True)
+    run = work / "scratch"
+    model = {"name": "bert-mini", "tokenizer": str(tok)}
+    if not a.skip_pretrain:
+        cfg = load_config(overrides={
+            "task": "pretrain", "output": str(run), "model": {**model, "max_length": a.block},
+            "data": {"train": str(corpus), "eval": str(eval_text)},
+            "pretrain": {"objective": "mlm+nsp", "cache_dir": str(work / "cache")},
+            "train": {"max_steps": a.dapt_steps, "max_minutes": a.max_minutes, "epochs": 100, "batch_size": 32,
+                      "lr": a.lr, "warmup_ratio": 0.06, "log_every": 10, "eval_every": a.eval_every,
+                      "save_every": 10**9, "seed": 0}})
+        summary = train(cfg, overwrite=True, progress=False)
+    else:
+        summary = json.loads((run / "metrics.json").read_text())
+    evals = eval_points(run)
+    print("scratch", summary["steps"], summary["stopped"], evals[-1], flush=True)
+    if (run / "pretrain.png").exists() and a.plot:
+        shutil.copyfile(run / "pretrain.png", a.plot)
+    results, runs = finetune_grid(a, work, {"random": model, "pretrained": {"name": str(run)}})
+    load1 = uptime()
+    res = {"evals": evals, "pretrain_summary": {k: summary[k] for k in (
+        "steps", "stopped", "train_seconds", "wall_seconds", "train_tokens_per_s", "train_examples")},
+           "results": results, "runs": runs, "load_start": load0, "load_end": load1, "args": vars(a)}
+    Path(a.json).write_text(json.dumps(res, indent=1))
+    out = [f"bert-mini (L4/H256) MLM+NSP from scratch on PTB train + tinyshakespeare ({summary['train_examples']:,} "
+           f"blocks of {a.block} tokens; WordPiece vocabulary {a.vocab_size:,} trained on that text), batch 32, "
+           f"lr {a.lr} (6% warmup, linear decay over {a.dapt_steps} planned steps), budget {a.max_minutes:g} min: "
+           f"{summary['steps']} steps ({summary['stopped']}), {summary['train_tokens_per_s']:.0f} tokens/s. "
+           f"Fine-tuning {a.epochs:g} epochs, batch 16, lr {a.ft_lr}, max length {a.max_length}, "
+           f"embeddings {'trained' if a.ft_train_embeddings else 'frozen'}, scored once at "
+           f"the end on {len(sst2_rows('dev')[:a.dev_rows or None])} SST-2 dev rows, seeds {a.seeds}. Load "
+           f"average (1/5/15 min) at start {load0}, at end {load1}.", "",
+           "Held-out text (PTB valid + Shakespeare tail, fixed masks and pairs):", "",
+           "| step | MLM loss | MLM accuracy | masked-token perplexity | NSP loss | NSP accuracy |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {e['step']} | {e['mlm_loss']:.3f} | {e['mlm_accuracy']:.3f} | {e['mlm_perplexity']:.0f} | "
+            f"{e.get('nsp_loss', float('nan')):.3f} | {e.get('nsp_accuracy', float('nan')):.3f} |" for e in evals]
+    out += ["", "SST-2 dev accuracy (mean ± sample std over seeds):", ""]
+    out += grid_table(results, a.sizes, {"random": "bert-mini, random init", "pretrained": "bert-mini, pretrained"})
+    print("\n".join(out))
+    if a.output:
+        Path(a.output).write_text("\n".join(out) + "\n")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["throughput", "memory", "dapt", "_side"])
+    p.add_argument("what", choices=["throughput", "memory", "dapt", "scratch", "_side"])
     p.add_argument("side", nargs="?")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--train", default=str(SHARED / "ptb" / "ptb.train.txt"))
@@ -300,7 +499,23 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("--order", nargs="+", default=["hf", "frugal"])
     p.add_argument("--factors", nargs="+", type=int, default=[1, 4, 16])
-    p.add_argument("--dapt-steps", type=int, default=150)
+    p.add_argument("--dapt-steps", type=int, default=0, help="dapt/scratch: planned pretraining steps (the "
+                   "LR schedule's length; --max-minutes may stop earlier; default dapt 90, scratch 450)")
+    p.add_argument("--max-minutes", type=float, default=0, help="dapt/scratch: pretraining wall-clock budget "
+                   "(default dapt 10, scratch 12)")
+    p.add_argument("--lr", type=float, default=5e-4, help="dapt/scratch: pretraining peak learning rate")
+    p.add_argument("--ft-lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    p.add_argument("--ft-train-embeddings", action="store_true", help="fine-tuning also trains the embeddings")
+    p.add_argument("--eval-every", type=int, default=30, help="dapt/scratch: MLM evaluation every N steps")
+    p.add_argument("--work", default="", help="dapt/scratch: working folder (kept; caches are reused)")
+    p.add_argument("--skip-pretrain", action="store_true", help="dapt/scratch: reuse the pretraining run in --work")
+    p.add_argument("--vocab-size", type=int, default=8000, help="scratch: WordPiece vocabulary size")
+    p.add_argument("--block", type=int, default=128, help="scratch: pretraining block length")
+    p.add_argument("--doc-lines", type=int, default=20, help="scratch: lines per pseudo-document")
+    p.add_argument("--heldout-lines", type=int, default=400, help="scratch: eval lines from each source")
+    p.add_argument("--reuse", default="", help="dapt/scratch: FILE.json:MODEL reuses MODEL's fine-tunes from an "
+                   "earlier result file instead of rerunning them (e.g. the unchanged baseline)")
+    p.add_argument("--plot", default="", help="scratch: copy the run's pretrain.png here")
     p.add_argument("--sizes", nargs="+", type=int, default=[200, 1000])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=float, default=3)
@@ -309,6 +524,9 @@ def main() -> None:
     p.add_argument("--output", default="")
     p.add_argument("--json", default="/tmp/bench_pretrain.json")
     a = p.parse_args()
+    if a.what in ("dapt", "scratch"):
+        a.dapt_steps = a.dapt_steps or {"dapt": 90, "scratch": 450}[a.what]
+        a.max_minutes = a.max_minutes or {"dapt": 10, "scratch": 12}[a.what]
     if a.what == "_side":
         import torch
 
@@ -318,7 +536,7 @@ def main() -> None:
         result["peak_rss_mb"] = peak_mb()
         print(json.dumps(result))
         return
-    {"throughput": throughput, "memory": memory, "dapt": dapt}[a.what](a)
+    {"throughput": throughput, "memory": memory, "dapt": dapt, "scratch": scratch}[a.what](a)
 
 
 if __name__ == "__main__":
