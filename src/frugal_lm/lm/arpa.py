@@ -432,15 +432,11 @@ class NgramModel:
             ids.append(eos)
             total.sentences += 1
             total.tokens += len(ids)
-            if unk in ids:  # the slower path only for sentences with an OOV
-                total.oovs += ids.count(unk)
-                for w, (lp, _) in zip(ids, self._scores(ids, start), strict=True):
-                    log10_prob += lp
-                    if w == unk:
-                        oov_log10_prob += lp
-                continue
-            for lp, _ in self._scores(ids, start):
+            total.oovs += ids.count(unk)
+            for w, (lp, _) in zip(ids, self._scores(ids, start), strict=True):
                 log10_prob += lp
+                if w == unk:
+                    oov_log10_prob += lp
         total.log10_prob, total.oov_log10_prob = log10_prob, oov_log10_prob
         return total
 

@@ -234,7 +234,10 @@ def score_causal(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size
     device, pad_id = model.device, _pad_id(tokenizer)
     # Under a process group (evaluation during a multi-process training run) each process runs every
     # world-th batch and the pieces are gathered below: each window is computed once, all processes get all.
-    rank, world = _process_share()
+    # (0, 1) outside a process group, or inside `engine.inference.local_only()` (main-process-only work)
+    from frugal_lm.engine.inference import _shard
+
+    rank, world = _shard()
     mine: list[tuple[int, int, list[float]]] = []
     model.eval()
     with torch.inference_mode():
@@ -264,14 +267,6 @@ def score_causal(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size
             words -= 1  # the first word's first token (or, for an empty text, the EOS) was not scored
         out.append(SentenceScore(text, math.fsum(token_lps), len(token_lps), words, token_lps, scored_ids))
     return out
-
-
-def _process_share() -> tuple[int, int]:
-    """(rank, world) of the running process group, as `engine.inference.map_batches` shards its batches;
-    (0, 1) outside one or inside `engine.inference.local_only()` (work only the main process does)."""
-    from frugal_lm.engine.inference import _shard
-
-    return _shard()
 
 
 def _scored_ids(n: int, ids: list[int], max_length: int, stride: int) -> list[int]:
