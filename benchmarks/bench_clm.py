@@ -89,7 +89,7 @@ def samples(model, tok, frugal: bool) -> tuple[list[str], float]:
     return texts, tokens / seconds
 
 
-def run_hf(a: argparse.Namespace, train: str, test: str) -> dict:
+def run_hf(a: argparse.Namespace, train: str, test: str, bf16: bool = False) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
@@ -117,7 +117,7 @@ def run_hf(a: argparse.Namespace, train: str, test: str) -> dict:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=BATCH, max_steps=a.steps,
                                  learning_rate=LR, lr_scheduler_type="linear", warmup_steps=int(0.06 * a.steps), weight_decay=0.01,
                                  max_grad_norm=1.0, seed=0, logging_steps=10, save_strategy="no", report_to=[],
-                                 use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+                                 use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, bf16=bf16)
         cpu0 = time.process_time()
         out = Trainer(model=model, args=args, train_dataset=data).train()
         cpu_s = time.process_time() - cpu0
@@ -127,7 +127,7 @@ def run_hf(a: argparse.Namespace, train: str, test: str) -> dict:
     return {"load_s": load_s, "ppl_before": before, "ppl_after": after, "train_s": train_s,
             "train_tokens_per_s": a.steps * BATCH * BLOCK / train_s, "gen_tokens_per_s": gen_tps, "samples": texts,
             "train_tokens_per_cpu_s": a.steps * BATCH * BLOCK / cpu_s,
-            "samples_before": texts_before}
+            "samples_before": texts_before, "precision": "bf16 (CPU autocast)" if bf16 else "fp32"}
 
 
 def run_frugal(a: argparse.Namespace, train: str, test: str) -> dict:
@@ -167,14 +167,17 @@ def run_frugal(a: argparse.Namespace, train: str, test: str) -> dict:
     return {"load_s": load_s, "ppl_before": before, "ppl_after": after, "train_s": summary["train_seconds"],
             "train_tokens_per_s": summary["train_tokens_per_s"], "gen_tokens_per_s": gen_tps, "samples": texts,
             "train_tokens_per_cpu_s": a.steps * BATCH * BLOCK / cpu_s,
-            "samples_before": texts_before}
+            "samples_before": texts_before, "precision": summary.get("precision_reason", summary["precision"])}
 
 
 def child(a: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT / "src"))
     train, test = split(Path(a.data), a.max_chars)
-    result = (run_hf if a.child == "hf" else run_frugal)(a, train, test)
+    if a.child == "hf-bf16":
+        result = run_hf(a, train, test, bf16=True)
+    else:
+        result = (run_hf if a.child == "hf" else run_frugal)(a, train, test)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
@@ -182,7 +185,7 @@ def child(a: argparse.Namespace) -> None:
 def table(res: dict, a: argparse.Namespace, train: str, test: str) -> str:
     """The results as markdown: a column per run made, each with its ratio to the Trainer's."""
     hf = res["hf"]
-    runs = [(k, t) for k, t in (("frugal", "frugal (same recipe)"),
+    runs = [(k, t) for k, t in (("hf-bf16", "Trainer + peft, bf16=True"), ("frugal", "frugal (same recipe)"),
                                 ("frugal-top", f"frugal, top {a.top_layers} layers")) if k in res]
     rows = [("test perplexity before", "ppl_before", "{:.2f}"), ("test perplexity after", "ppl_after", "{:.2f}"),
             ("training tokens/s", "train_tokens_per_s", "{:.1f}"), ("training seconds", "train_s", "{:.1f}"),
@@ -202,7 +205,8 @@ def table(res: dict, a: argparse.Namespace, train: str, test: str) -> str:
             v = res[k][key]
             line += f" {fmt.format(v)} | {v / hf[key] if hf[key] and v == v else float('nan'):.2f} |"
         lines.append(line)
-    lines += ["", f"Trainer + peft and frugal (same recipe): LoRA r {R}, alpha {ALPHA}, dropout {DROPOUT} on "
+    lines += ["", "Precision: " + "; ".join(f"{k}: {res[k].get('precision', '?')}" for k in res), ""]
+    lines += [f"Trainer + peft and frugal (same recipe): LoRA r {R}, alpha {ALPHA}, dropout {DROPOUT} on "
               f"{' '.join(a.targets)} of every layer, batch {BATCH}, lr {LR:g}."]
     if "frugal-top" in res:
         lines += [f"frugal, top {a.top_layers} layers: LoRA on {' '.join(a.top_targets)} of the last "
@@ -211,6 +215,7 @@ def table(res: dict, a: argparse.Namespace, train: str, test: str) -> str:
     before = next((res[k]["samples_before"] for k in ("frugal", "frugal-top", "hf")
                    if k in res and res[k]["samples_before"]), [])
     shown = [("before training (base model)", before), ("after training, Trainer + peft", hf["samples"])]
+    runs = [(k, t) for k, t in runs if k != "hf-bf16"]
     shown += [(f"after training, {t}", res[k]["samples"]) for k, t in runs]
     for title, texts in shown:
         lines += ["", f"## Samples {title} (greedy, {GEN_TOKENS} tokens)", ""]
@@ -231,9 +236,10 @@ def main() -> None:
                     default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     ap.add_argument("--top-lr", type=float, default=0.0, help="frugal-top run: learning rate (0: the same as the others)")
     ap.add_argument("--sides", nargs="+", default=["hf", "frugal", "frugal-top"],
-                    help="which runs to make (a screening run may skip the reference ones)")
+                    help="which runs to make (a screening run may skip the reference ones): hf, hf-bf16 "
+                    "(the Trainer with bf16=True, CPU autocast), frugal, frugal-top")
     ap.add_argument("--output", default=str(ROOT / "benchmarks" / "results_clm.md"))
-    ap.add_argument("--child", choices=["hf", "frugal", "frugal-top"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["hf", "hf-bf16", "frugal", "frugal-top"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(a)

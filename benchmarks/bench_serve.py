@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -168,9 +169,24 @@ def batch_stats(url: str, model: str, op: str) -> dict:
             "mean_batch": round(found["sum"] / found["count"], 2) if found.get("count") else None}
 
 
+def labels_of(url: str, texts: list[str]) -> list[str]:
+    """Each text's label from a server, 25 texts a request (to compare the servers' answers)."""
+    import httpx
+
+    out: list[str] = []
+    with httpx.Client(base_url=url, timeout=120) as c:
+        for i in range(0, len(texts), 25):
+            body = {"texts": texts[i:i + 25]}
+            out += [r["label"] for r in c.post("/v1/classify", json=body).json()["results"]]
+    return out
+
+
 def classify_bench(args: argparse.Namespace, texts: list[str], out_dir: Path) -> dict:
+    import httpx
+
     levels = [int(x) for x in args.clients.split(",")]
-    results: dict[str, list] = {"frugal": [], "naive": []}
+    results: dict[str, Any] = {"frugal": [], "naive": []}
+    answers: dict[str, list[str]] = {}
     model_dir = str(Path(args.run) / "model")
     for server in ("frugal", "naive"):
         port = free_port()
@@ -192,9 +208,17 @@ def classify_bench(args: argparse.Namespace, texts: list[str], out_dir: Path) ->
                     row["mean_batch"] = round((row["requests"] + 4) / n, 2) if n else None
                 results[server].append(row)
                 print(server, json.dumps(row), flush=True)
+            answers[server] = labels_of(url, texts[:AGREEMENT_TEXTS])
+            if server == "frugal":
+                results["frugal_precision"] = httpx.get(url + "/v1/models").json()["data"][0].get("precision")
         finally:
             stop(proc)
+    same = sum(a == b for a, b in zip(answers["frugal"], answers["naive"], strict=True))
+    results["label_agreement"] = {"texts": len(answers["frugal"]), "same": same}
     return results
+
+
+AGREEMENT_TEXTS = 400  # SST-2 dev sentences both servers label after the load test, to compare answers
 
 
 def threads(args: argparse.Namespace) -> list[str]:
@@ -263,14 +287,17 @@ def main() -> None:
 def print_tables(report: dict) -> None:
     print("\n| server | clients | requests | failed | req/s | p50 ms | p95 ms | p99 ms | mean batch |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for server, rows in report["classify"].items():
-        for r in rows:
+    for server in ("frugal", "naive"):
+        for r in report["classify"][server]:
             print(f"| {server} | {r['clients']} | {r['requests']} | {r['errors']} | {r['req_per_s']} | "
                   f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r.get('mean_batch') or '-'} |")
     naive = {r["clients"]: r["req_per_s"] for r in report["classify"]["naive"]}
     for r in report["classify"]["frugal"]:
         if naive.get(r["clients"]):
             print(f"frugal / naive throughput at {r['clients']} clients: {r['req_per_s'] / naive[r['clients']]:.2f}x")
+    agree = report["classify"]["label_agreement"]
+    print(f"frugal served in {report['classify']['frugal_precision']}; labels equal to the naive server's on "
+          f"{agree['same']} of {agree['texts']} dev sentences")
     if "generate" in report:
         print("\n| clients | completions | failed | new tokens | tokens/s | p50 ms | mean batch |")
         print("|---|---|---|---|---|---|---|")

@@ -171,13 +171,39 @@ def test_gradient_checkpointing_gives_the_same_step(tiny_encoder_nodrop_dir, sen
         torch.testing.assert_close(w1[key], w2[key], atol=1e-6, rtol=1e-5)
 
 
-def test_precision_on_cpu_is_fp32():
-    from frugal_lm.engine.savers import resolve_precision
+def test_cpu_precision_is_chosen_by_hardware_and_model_size(monkeypatch):
+    from frugal_lm.engine import savers
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
-    assert resolve_precision("auto") == "no"
-    assert resolve_precision("bf16") == "bf16"
+    assert savers.resolve_precision("bf16") == "bf16"
+    assert savers.resolve_precision("fp32", 10**9) == "no"
+    # the real probe: no bf16 instructions, no measurement; with them, a positive measured ratio
+    speedup = savers.cpu_bf16_speedup()
+    assert (speedup > 0) == bool(savers.cpu_bf16_flags())
+    # the decision, for each kind of processor (the probe's result replaced, the rule is what is tested)
+    big, tiny = 22_000_000, 100_000
+    monkeypatch.setitem(savers._cpu_bf16, "speedup", 9.0)
+    monkeypatch.setattr(savers, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    assert savers.resolve_precision("auto", big) == "bf16"
+    assert savers.resolve_precision("auto", tiny) == "no"  # a tiny model gains nothing from bf16
+    assert savers.resolve_precision("auto") == "no"  # model size unknown: the safe choice
+    assert "9.0x" in savers.precision_reason("auto", big) and "amx_bf16" in savers.precision_reason("auto", big)
+    assert "under 5M parameters" in savers.precision_reason("auto", tiny)
+    monkeypatch.setitem(savers._cpu_bf16, "speedup", 1.2)  # instructions present but slow (e.g. emulated)
+    assert savers.resolve_precision("auto", big) == "no"
+    monkeypatch.setattr(savers, "cpu_bf16_flags", lambda: [])
+    assert "no bf16 matrix instructions" in savers.precision_reason("auto", big)
+
+
+def test_runs_of_different_precisions_share_a_process(tiny_encoder_dir, sentiment_files, tmp_path):
+    """accelerate keeps one state per process and refuses a second precision; auto picks by model size, so
+    one process (cross-validation, a notebook) may train an fp32 model and then a bf16 one."""
+    from frugal_lm.engine.run import train
+
+    got = [train(make_config(tiny_encoder_dir, sentiment_files, tmp_path / f"{i}{p}", max_steps=2, eval_every=2,
+                             precision=p), progress=False)["precision"] for i, p in enumerate(("fp32", "bf16", "fp32"))]
+    assert got == ["fp32", "bf16", "fp32"]
 
 
 def test_unmerged_lora_run_predicts_like_merged(tiny_encoder_dir, sentiment_files, tmp_path):

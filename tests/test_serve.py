@@ -511,3 +511,27 @@ def test_the_serve_command_serves(arpa_file, tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert "lm: ngram (score)" in out and f"http://127.0.0.1:{port}/" in out
+
+
+def test_served_precision_is_applied_and_reported(classify_run):
+    import torch
+
+    from frugal_lm.engine.run import load_run
+    from frugal_lm.errors import FrugalError
+    from frugal_lm.serve.models import load_served
+
+    texts = ["a wonderful and charming film", "boring , dull plot", "it is a film"]
+    _, task, model = load_run(classify_run)
+    want = task.predict(model, task.from_texts(texts))
+    half = load_served(f"half={classify_run}", "cpu", "bf16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert half.info()["precision"] == "bf16 (--precision=bf16)"
+    got = half.classify([(t, None) for t in texts])
+    for g, w in zip(got, want, strict=True):  # bf16 keeps ~3 significant digits; the logits come back as fp32
+        assert g["probabilities"] == pytest.approx(w["probabilities"], abs=2e-2)
+    # auto: the tiny model stays fp32 whatever the processor (bf16 pays only for big ones)
+    auto = load_served(str(classify_run), "cpu")
+    assert {p.dtype for p in auto.model.parameters()} == {torch.float32}
+    assert auto.info()["precision"].startswith("fp32 (auto")
+    with pytest.raises(FrugalError, match="--precision: expected auto, fp32, bf16 or fp16, got 'int8'"):
+        load_served(str(classify_run), "cpu", "int8")

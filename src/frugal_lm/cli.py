@@ -32,7 +32,10 @@ def train(
     lr: Annotated[float | None, Opt(help="peak learning rate")] = None,
     max_length: Annotated[int | None, Opt(help="truncate inputs to this many tokens")] = None,
     max_steps: Annotated[int | None, Opt(help="stop after N optimizer steps")] = None,
-    max_minutes: Annotated[float | None, Opt(help="wall-time budget in minutes")] = None,
+    max_minutes: Annotated[float | None, Opt(help="wall-time budget in minutes (as --time-budget)")] = None,
+    time_budget: Annotated[str | None, Opt("--time-budget", help="wall-time budget, loading and evaluation "
+                                           "included: 90s, 15m, 2h, 1h30m (a plain number: minutes); the "
+                                           "learning rate decays to its end at it")] = None,
     seed: Annotated[int | None, Opt(help="random seed")] = None,
     text_column: Annotated[str | None, Opt(help="column with the text")] = None,
     label_column: Annotated[str | None, Opt(help="column with the label")] = None,
@@ -74,6 +77,9 @@ def train(
     for key, value in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps,
                        "max_minutes": max_minutes, "seed": seed}.items():
         put("train", key, value)
+    if time_budget is not None and max_minutes is not None:
+        raise FrugalError("--time-budget and --max-minutes are the same budget: give one of them")
+    put("train", "time_budget", time_budget)
     if lora:
         put("peft", "method", "lora")
     put("model", "tokenizer", tokenizer)
@@ -88,11 +94,14 @@ def train(
 
     if processes > 1 and not in_launch():  # the config checked once here, then the same command N times
         raise typer.Exit(launch(without_option(sys.argv[1:], "--processes"), processes))
+    from frugal_lm.config import budget_seconds
     from frugal_lm.engine.run import train as run_train
 
-    # on resume, --max-minutes is a new budget for this session; without it a budget-stopped run trains on
+    # on resume, --time-budget (--max-minutes) is a new budget for this session; without it a budget-stopped
+    # run trains on
+    given = resume and (time_budget is not None or max_minutes is not None)
     summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet,
-                        budget_minutes=max_minutes if resume else None)
+                        budget_minutes=budget_seconds(cfg.train) / 60 if given else None)
     if not is_main():
         return
     best = summary.get("best") or {}

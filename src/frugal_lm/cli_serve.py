@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, Opt("--device", help="cpu, cuda, ... (default: cuda when available)")] = None,
         threads: Annotated[int | None, Opt("--threads", help="torch CPU threads (default: torch's, one per core); "
                                            "1 is fastest on a machine other work keeps busy")] = None,
+        precision: Annotated[str, Opt("--precision", help="auto, fp32, bf16 or fp16 for classifiers and taggers; "
+                                      "auto: bf16 on a GPU or on a CPU with bf16 matrix instructions (AMX), "
+                                      "else fp32")] = "auto",
         log_level: Annotated[str, Opt("--log-level", help="uvicorn's log level")] = "info",
     ) -> None:
         """Serve models over HTTP: task routes, OpenAI-compatible generation, /metrics, and a web page at /.
@@ -91,10 +94,10 @@ def register(app: typer.Typer) -> None:
         served = []
         for spec in models:
             typer.echo(f"loading {spec} ...", err=True)
-            m = load_served(spec, device)
+            m = load_served(spec, device, precision)
             for note in m.notes:
                 typer.echo(f"warning: {m.name}: {note}", err=True)
-            typer.echo(f"  {m.name}: {m.kind} ({', '.join(m.ops)})", err=True)
+            typer.echo(f"  {m.name}: {m.kind} ({', '.join(m.ops)}), {m.precision}", err=True)
             served.append(m)
         settings = ServeSettings(max_items=max_items, max_text_chars=max_text_chars, max_new_tokens=max_new_tokens,
                                  default_chat_tokens=chat_max_tokens, max_body_bytes=max_body_bytes,

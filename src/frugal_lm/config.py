@@ -5,6 +5,8 @@ from the command line (`--set train.lr=3e-5`), validated at load time so errors 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,8 +67,12 @@ class TrainConfig:
     metric: str = _f("", "evaluation metric that picks the best model and drives early stopping "
                      "(default: the task's own, e.g. accuracy for classify, f1 for ner)")
     patience: int = _f(0, "stop after N evaluations without improvement (0: never stop early)")
-    max_minutes: float = _f(0.0, "wall-time budget; training stops cleanly (and resumably) after it (0: none)")
-    precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU",
+    max_minutes: float = _f(0.0, "wall-time budget in minutes, the same budget as train.time_budget (0: none)")
+    time_budget: str = _f("", "wall-time budget, loading and evaluation included: 90s, 15m, 2h, 1h30m (a plain "
+                          "number: minutes; '' or 0: none). The learning rate decays to its end at it and the run "
+                          "ends evaluated and saved within it, resumably. Sets train.max_minutes too")
+    precision: str = _f("auto", "auto: bf16 on GPUs that have it, fp16 on older GPUs; on CPUs bf16 autocast where "
+                        "bf16 matrix instructions (AMX) measure 2x fp32 and the model has over 5M parameters, else fp32",
                         ("auto", "fp32", "bf16", "fp16"))
     group_by_length: bool = _f(True, "batch examples of similar length together: far less padding")
     freeze_embeddings: bool = _f(False, "keep the embedding matrices fixed: fewer updates, little accuracy lost "
@@ -156,9 +162,88 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
+_MINUTES = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?")
+DURATION_FORMS = "90s, 15m, 2h or 1h30m (units h, m, s in that order; a plain number is minutes; 0: none)"
+
+
+def parse_duration(value: Any, key: str = "train.time_budget") -> float:
+    """Seconds in a duration: "90s", "15m", "2h", "1h30m", "1.5h", or a plain number of minutes (15, "1.5").
+
+    "", None and 0 mean no budget (0.0).
+
+    Raises:
+        ConfigError: anything else ("15 minutes", "-3m", "abc"), naming `key` and the accepted forms.
+    """
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):  # YAML's yes/no: not a duration
+        raise ConfigError(f"{key}: expected a duration such as {DURATION_FORMS}, got {value!r}")
+    text = str(value).strip().lower()
+    if text.startswith("-"):
+        raise ConfigError(f"{key}: must not be negative, got {value!r}; expected a duration such as "
+                          f"{DURATION_FORMS}")
+    if text == "":
+        return 0.0
+    if _MINUTES.fullmatch(text):
+        return float(text) * 60.0
+    match = _DURATION.fullmatch(text)
+    if match is None or not any(match.groupdict().values()):
+        raise ConfigError(f"{key}: expected a duration such as {DURATION_FORMS}, got {value!r}")
+    h, m, s = (float(match[u] or 0) for u in "hms")
+    return h * 3600.0 + m * 60.0 + s
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest of parse_duration's forms for `seconds`: 900 -> "15m", 5400 -> "1h30m", 0.5 -> "0.5s"."""
+    whole = round(seconds)
+    if abs(seconds - whole) > 1e-6 or whole == 0:
+        return f"{seconds:.3g}s"
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n)
+
+
+def budget_seconds(train: TrainConfig) -> float:
+    """The run's time budget in seconds (0: none): train.time_budget when set, else train.max_minutes.
+
+    The two keys are one budget; loading a config keeps them in step (_set_budget), so either may be read.
+    """
+    return parse_duration(train.time_budget) if train.time_budget else train.max_minutes * 60.0
+
+
+_BUDGET_KEYS = ("max_minutes", "time_budget")
+
+
+def _set_budget(train: TrainConfig, given: dict[str, Any], prefix: str) -> None:
+    """Apply train.time_budget and/or train.max_minutes from one config layer, keeping both in step: a later
+    layer's --max-minutes replaces an earlier time_budget and the other way round. Both in one layer must agree
+    (a config.yaml written by frugal has both; an empty time_budget there: the budget was given in minutes)."""
+    if "max_minutes" in given and str(given.get("time_budget", "")).strip() == "":
+        given = {"max_minutes": given["max_minutes"]}
+    seconds = {}
+    if "time_budget" in given:
+        seconds["time_budget"] = parse_duration(given["time_budget"], f"{prefix}time_budget")
+    if "max_minutes" in given:
+        if given["max_minutes"] < 0:
+            raise ConfigError(f"{prefix}max_minutes: must not be negative, got {given['max_minutes']}")
+        seconds["max_minutes"] = given["max_minutes"] * 60.0
+    if len(seconds) == 2 and not math.isclose(seconds["time_budget"], seconds["max_minutes"], rel_tol=1e-9,
+                                              abs_tol=1e-9):
+        raise ConfigError(f"{prefix}time_budget ({given['time_budget']!r}) and {prefix}max_minutes "
+                          f"({given['max_minutes']}) are the same budget, given twice with different values: "
+                          "set one of them")
+    if "time_budget" in given:
+        train.time_budget = given["time_budget"].strip()
+        train.max_minutes = seconds["time_budget"] / 60.0
+    else:
+        train.max_minutes, train.time_budget = given["max_minutes"], ""
+
+
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name: f for f in dataclasses.fields(obj) if not f.metadata.get("internal")}
+    budget: dict[str, Any] = {}  # train.time_budget / train.max_minutes of this layer, applied together below
     for key, value in data.items():
         path = f"{prefix}{key}"
         if isinstance(obj, RunConfig) and key == "task":
@@ -188,7 +273,12 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
         choices = names[key].metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {value!r}")
+        if isinstance(obj, TrainConfig) and key in _BUDGET_KEYS:
+            budget[key] = value
+            continue
         setattr(obj, key, value)
+    if budget:
+        _set_budget(obj, budget, prefix)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -284,7 +374,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 # What a resumed run may change: nothing that moves the data position or the result.
-RESUMABLE = ("output", "train.max_minutes", "train.log_every", "train.nonfinite")
+RESUMABLE = ("output", "train.max_minutes", "train.time_budget", "train.log_every", "train.nonfinite")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

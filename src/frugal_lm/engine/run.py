@@ -108,15 +108,14 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         FrugalError: bad config or data (before training starts), existing run without resume/overwrite,
             a resume that would change the run's config, a corrupt checkpoint.
     """
-    import time
+    from frugal_lm.engine.trainer import Trainer
 
-    started = time.perf_counter()  # the time budget counts loading as well: wall time as the user sees it
+    started = Trainer.clock()  # the time budget counts loading as well: wall time as the user sees it
     from accelerate.utils import set_seed
 
-    from frugal_lm.config import resume_config
+    from frugal_lm.config import budget_seconds, resume_config
     from frugal_lm.engine.checkpoint import read_state, recover_checkpoint, remove_temporaries
     from frugal_lm.engine.distributed import process_state
-    from frugal_lm.engine.trainer import Trainer
 
     run_dir = Path(cfg.output)
     ps = process_state()
@@ -126,8 +125,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
             raise FrugalError(f"{run_dir}: not a run folder (no config.yaml) — nothing to resume")
         cfg, changed = resume_config(run_dir, cfg)
         cfg.output = str(run_dir)
-        if budget_minutes is None and "train.max_minutes" in changed:
-            budget_minutes = cfg.train.max_minutes
+        if budget_minutes is None and {"train.max_minutes", "train.time_budget"} & set(changed):
+            budget_minutes = budget_seconds(cfg.train) / 60
         if ps.is_main_process:
             remove_temporaries(run_dir)  # half-written saves of a killed session
             note = recover_checkpoint(run_dir / "checkpoint")
@@ -159,6 +158,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         _log(f"note: this run was checkpointed by {saved.get('processes', 1)} process(es) and continues on "
              f"{trainer.accelerator.num_processes}, accumulating {trainer.accum} micro-batch(es) each per step: "
              f"the global batch stays {trainer.group} x {cfg.train.batch_size} examples")
+    if ps.is_main_process:
+        _log(f"precision: {trainer.precision_reason}")
     replaced = _set_up_folder(run_dir, cfg, resume, overwrite, ps)
     before = trainer.resume(budget_minutes) if resume else None
 
@@ -190,9 +191,14 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         "train_tokens_per_s": state.tokens / state.elapsed if state.elapsed else 0.0,
         "trainable_parameters": trainer.trainable, "total_parameters": trainer.total_params,
         "precision": {"no": "fp32"}.get(trainer.precision, trainer.precision),
+        "precision_reason": trainer.precision_reason,
         "processes": trainer.accelerator.num_processes, "skipped_steps": state.skipped,
         "metric": cfg.train.metric, "best_step": state.best_step,
         "final": state.last_metrics, "best": state.best_metrics,
+        # the budget on the axis of wall_seconds (all sessions), and how the learning rate was scheduled:
+        # "budget" (decays to its end at the budget) or "steps" (over the planned steps)
+        "time_budget_s": state.budget_s, "lr_schedule": state.schedule,
+        "budget_reserve_s": round(state.reserve_s, 3) if state.schedule == "budget" else None,
     }
     if state.stopped == "interrupted":
         if ps.is_main_process:
@@ -211,6 +217,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         with quiet_transformers(), local_only():
             _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))
         plot_curves(trainer.log.read(), run_dir, cfg.train.metric)
+        # wall seconds with the final evaluation and the export: what the budget must hold (±5%)
+        summary["finished_wall_s"] = round((before.wall if before is not None else 0.0)
+                                           + Trainer.clock() - started, 3)
         write_model_card(run_dir, cfg, summary, task.card_lines(), task.auto_class)
         write_summary(run_dir, summary)  # last: a run folder with metrics.json has its full export
     except OSError as exc:

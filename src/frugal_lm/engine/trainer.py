@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from frugal_lm.config import TrainConfig
+from frugal_lm.config import TrainConfig, budget_seconds, format_duration
 from frugal_lm.data.batching import Collator, EpochBatchSampler
 from frugal_lm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, trainable_state, writing
 from frugal_lm.engine.report import MetricsLog
-from frugal_lm.engine.savers import count_parameters, resolve_precision
+from frugal_lm.engine.savers import count_parameters, precision_reason, resolve_precision
 from frugal_lm.errors import FrugalError
 from frugal_lm.tasks.base import Task
 
@@ -43,7 +43,18 @@ class LoopState:
     bad_evals: int = 0
     elapsed: float = 0.0  # training seconds, evaluation excluded (throughput)
     wall: float = 0.0  # wall seconds of every session of the run, loading and evaluation included
-    budget_s: float | None = None  # the time budget: stop once `wall` reaches it (None: no budget)
+    budget_s: float | None = None  # the time budget, on the axis of `wall`: the run ends by then (None: none)
+    # The learning-rate schedule's position, in steps (fractional): where the LR of the next step sits on the
+    # curve. "steps": the step count (today's schedule); "budget": driven by wall time too, to end at budget_s.
+    schedule: str = "steps"
+    progress: float = 0.0
+    plan_budget: float | None = None  # the budget_s the "budget" plan was made for (a new budget: a new plan)
+    plan_wall: float = 0.0  # wall seconds when the plan began (loading done)
+    plan_progress: float = 0.0  # position when the plan began; the plan runs from there to the end
+    plan_step: int = 0  # step when the plan began
+    reserve_s: float = 0.0  # seconds kept at the end of the budget for the final evaluation, checkpoint, export
+    eval_s: float | None = None  # the last evaluation's seconds (measured, for the reserve)
+    save_s: float | None = None  # the last checkpoint's seconds
     group: int = 0  # micro-batches per optimizer step, all processes together (processes x accumulation)
     processes: int = 1
     skipped: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
@@ -92,10 +103,17 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _scheduler(optimizer: Any, name: str, warmup: int, total: int) -> Any:
+def _scheduler(optimizer: Any, name: str, warmup: int, total: int, position: Any = None) -> Any:
+    """Warmup, then `name`'s decay to its end at step `total`.
+
+    Args:
+        position: maps the scheduler's step count to the position on the curve (a fractional step); default the
+            count itself. The budget-aware schedule moves the position with wall time (Trainer._position).
+    """
     from torch.optim.lr_scheduler import LambdaLR
 
-    def factor(step: int) -> float:
+    def factor(count: int) -> float:
+        step = position(count) if position is not None else count
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total - warmup)
@@ -146,8 +164,27 @@ def sharded_refusal(mode: str, gpus: bool) -> str:
             "and train.gradient_checkpointing to fit the model in one GPU's memory")
 
 
+def _fresh_accelerator_state(precision: str) -> None:
+    """Let this process's next Accelerator take `precision` (accelerate's "no", "bf16", "fp16").
+
+    Accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    mixed_precision; since "auto" chooses by model size, one process can train a tiny fp32 model and then a
+    bf16 one (cross-validation, learning curves, a notebook). The per-run part of the state is reset; the
+    process group (PartialState) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 class Trainer:
     """Train `model` on encoded examples for `task`, writing checkpoints and logs into `run_dir`.
+
+    With a time budget (train.time_budget), the learning-rate schedule is budget-aware (Li et al., ICLR 2020,
+    "Budgeted training"): its position is max(steps done / planned steps, time spent / usable time), so the LR
+    reaches its end when the budget is spent, not when the steps run out (see _plan and _next_position).
 
     Args:
         model: a transformers model (optionally wrapped by peft) with requires_grad set as wanted.
@@ -165,6 +202,9 @@ class Trainer:
     `group` accumulated micro-batches, only computed in parallel.
     """
 
+    # Every time reading of the loop and of the budget goes through this seam: tests set a fake clock.
+    clock = staticmethod(time.perf_counter)
+
     def __init__(self, model: Any, task: Task, train_set: list[dict[str, Any]], collator: Collator,
                  cfg: TrainConfig, run_dir: str | Path, group: int | None = None):
         import torch
@@ -175,13 +215,16 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.collator = collator
         self.train_set = train_set
-        self.precision = resolve_precision(cfg.precision)
+        n_params = sum(p.numel() for p in model.parameters())
+        self.precision = resolve_precision(cfg.precision, n_params)
+        self.precision_reason = precision_reason(cfg.precision, n_params)
         # checked before Accelerator() too, which fails with an ImportError on DeepSpeed settings when
         # deepspeed is not installed
         sharded = sharded_mode("")
         if sharded:
             raise FrugalError(sharded_refusal(sharded, torch.cuda.is_available()))
         # without cpu=True, accelerate does not see a CPU-only torchrun launch as distributed (gloo)
+        _fresh_accelerator_state(self.precision)
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
         acc = self.accelerator
         sharded = sharded_mode(acc.distributed_type.name)
@@ -219,11 +262,15 @@ class Trainer:
 
         optimizer = AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
         warmup = int(cfg.warmup_ratio * self.total_steps)
-        self.scheduler = _scheduler(optimizer, cfg.scheduler, warmup, self.total_steps)
+        self.scheduler = _scheduler(optimizer, cfg.scheduler, warmup, self.total_steps, position=self._position)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.state = LoopState(group=self.group, processes=world, budget_s=cfg.max_minutes * 60 or None)
+        self.state = LoopState(group=self.group, processes=world, budget_s=budget_seconds(cfg) or None)
         self._shown = ""  # the progress bar's last loss / throughput text
+        # this session's clock reading and run wall time at its start, and the loop's evaluation and save
+        # cadence: set by fit, read by the budget-aware schedule
+        self._clock0, self._wall0, self._step_began = 0.0, 0.0, 0.0
+        self._has_eval, self._eval_every, self._save_every = False, 1, 1
         self.export_current = False  # export the weights as they are, not best.safetensors (see _evaluate)
         self.saved_step: int | None = None  # the step of the last checkpoint written (or resumed from)
 
@@ -237,6 +284,7 @@ class Trainer:
         from accelerate.utils import gather_object
 
         acc = self.accelerator
+        began = self.clock()
         self.state.log_lines = self.log.lines()
         self.state.group, self.state.processes = self.group, acc.num_processes
         rngs = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
@@ -245,6 +293,8 @@ class Trainer:
                             self.scheduler, vars(self.state), rngs)
         self.saved_step = self.state.step
         acc.wait_for_everyone()
+        self.state.save_s = self.clock() - began  # recorded in the next checkpoint
+        self._update_reserve()
 
     def resume(self, budget_minutes: float | None = None) -> LoopState:
         """Restore model, optimizer, scheduler, RNG, data position and logs from the last checkpoint.
@@ -297,6 +347,94 @@ class Trainer:
             for name, value in load_file(str(path)).items():
                 params[name].copy_(value)
 
+    # -- the schedule ------------------------------------------------------------------------
+    def _position(self, count: int) -> float:
+        """The schedule's position for the scheduler's step `count`: the count itself (exactly the schedule of a
+        run without a budget) unless a budget's plan moves it; then what _next_position recorded."""
+        s = getattr(self, "state", None)  # None while the scheduler is built (its first factor)
+        if s is None or (s.schedule == "steps" and s.plan_progress <= s.plan_step):
+            return count
+        return s.progress
+
+    def _next_position(self, n: int) -> float:
+        """Where on the curve the learning rate of the next step sits, `n` steps being done.
+
+        "budget" (Li et al.'s budget-aware schedule): max(steps done, the time fraction of the budget's usable
+        window) on the way from the plan's start to the end. The time is where the clock will be when that next
+        step ends (this step's duration again, plus an evaluation or checkpoint due before it), so the last step
+        that fits the window trains at the end of the curve and the next would not fit (fit then stops).
+        The position never goes back, and with several processes rank 0's clock decides, or the processes'
+        learning rates would differ.
+        """
+        s, total = self.state, self.total_steps
+        if s.schedule == "budget":
+            now = self.clock()
+            ahead = now - self._step_began
+            if self._has_eval and n % self._eval_every == 0:
+                ahead += s.eval_s or 0.0
+            if n % self._save_every == 0:
+                ahead += s.save_s or 0.0
+            wall = self._wall0 + now - self._clock0 + ahead
+            window = s.budget_s - s.reserve_s - s.plan_wall
+            done = min(1.0, max(0.0, (wall - s.plan_wall) / window)) if window > 0 else 1.0
+            pos = s.plan_progress + (total - s.plan_progress) * done
+            if self.accelerator.num_processes > 1:
+                pos = self._sum([pos if self.accelerator.is_main_process else 0.0])[0]
+            return min(float(total), max(float(n), pos, s.progress))
+        if s.plan_progress > s.plan_step:  # a budget's plan resumed without its budget: the rest over the steps left
+            left = total - s.plan_step
+            return (s.plan_progress + (total - s.plan_progress) * min(1.0, (n - s.plan_step) / left)
+                    if left > 0 else float(total))
+        return float(n)
+
+    def _update_reserve(self) -> None:
+        """The seconds kept at the end of the budget for what follows the last step: a checkpoint, the final
+        evaluation, the export (which writes the weights again) and the task's finish (classify evaluates once
+        more there, for its confusion plot). So: twice the last evaluation's measured time plus twice the last
+        checkpoint's, plus 1 s for the plots and the model card (about 0.6 s measured here, most of it the
+        first matplotlib figure), and at least 1% of the budget's window. Until both are measured, at least 3%
+        of the window."""
+        s = self.state
+        if s.schedule != "budget":
+            return
+        window = s.budget_s - s.plan_wall
+        known = (s.eval_s is not None or not self._has_eval) and s.save_s is not None
+        measured = 2 * (s.eval_s or 0.0 if self._has_eval else 0.0) + 2 * (s.save_s or 0.0) + 1.0
+        s.reserve_s = max(measured, (0.01 if known else 0.03) * window)
+
+    def _plan(self, wall_now: float) -> str | None:
+        """Set this session's schedule at the start of the loop (`wall_now`: the run's wall seconds, this
+        session's loading included). Returns the line to log, or None.
+
+        A budget, new or given anew on resume, plans the rest of the curve over the budget's usable window: what
+        loading left of it, less the reserve (_update_reserve). The same budget (an interrupted run resumed)
+        keeps its plan, so the curve continues. A run resumed without its budget runs the rest of the curve over
+        the steps left."""
+        s, total, name = self.state, self.total_steps, self.cfg.scheduler
+        at = max(s.progress, float(s.step))
+        ended = (f"; note: the learning-rate schedule already reached its end, so the steps left train at its "
+                 f"end rate ({self.scheduler.get_last_lr()[0]:.3g}); to train further, start a new run from this "
+                 "run's model/" if at >= total and s.step < total and name != "constant" else "")
+        if s.budget_s is None:
+            if s.schedule == "budget":
+                s.schedule, s.plan_budget, s.plan_progress, s.plan_step, s.reserve_s = "steps", None, at, s.step, 0.0
+                return (f"no time budget this session: the learning rate follows the rest of its curve over the "
+                        f"{total - s.step} steps left{ended}")
+            return None
+        text = f"time budget {format_duration(s.budget_s - self._wall0)}"
+        if s.schedule == "budget" and s.plan_budget == s.budget_s:
+            return f"{text}: the learning rate continues its budget-aware decay{ended}"
+        loading = wall_now - self._wall0
+        if s.budget_s <= wall_now:
+            s.schedule, s.plan_budget, s.plan_progress, s.plan_step, s.reserve_s = "steps", None, at, s.step, 0.0
+            return f"{text}: already spent before training began (loading took {loading:.1f}s): one step, then stop"
+        s.schedule, s.plan_budget, s.plan_wall, s.plan_progress, s.plan_step = "budget", s.budget_s, wall_now, at, s.step
+        self._update_reserve()
+        if name == "constant":
+            return f"{text}: training stops at the budget (constant learning rate)"
+        return (f"{text}: learning rate decays to its end at the budget ({name} schedule; loading took "
+                f"{loading:.1f}s, {s.reserve_s:.1f}s kept for the final evaluation and save){ended}")
+
     # -- the loop ----------------------------------------------------------------------------
     def _sum(self, values: list[float]) -> list[float]:
         """`values` summed over all processes (one small all-reduce; nothing with one process)."""
@@ -340,6 +478,7 @@ class Trainer:
             self.optimizer.step()
         else:
             self._nonfinite(batches, f"loss {loss_sum}" if not math.isfinite(loss_sum) else f"gradient norm {float(norm)}")
+        s.progress = self._next_position(s.step + 1)  # read by the scheduler's factor, through _position
         with warnings.catch_warnings():  # a skipped first step: the schedule still moves on, on purpose
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
             self.scheduler.step()
@@ -372,8 +511,11 @@ class Trainer:
         checkpoint): better weights are marked for export (`export_current`) but best.safetensors and the
         checkpoint keep what an uninterrupted run would have, so a resumed run continues exactly as one."""
         # every process evaluates its share of the batches; map_batches gathers the results (tasks/*.py)
+        began = self.clock()
         metrics = self.task.evaluate(self.accelerator.unwrap_model(self.model), device=self.accelerator.device)
         s, metric = self.state, self.cfg.metric
+        s.eval_s = self.clock() - began  # for the budget's reserve
+        self._update_reserve()
         if metric not in metrics:
             raise FrugalError(f"train.metric: '{metric}' is not among the evaluation metrics "
                               f"({', '.join(k for k in metrics if not isinstance(metrics[k], (dict, list)))})")
@@ -406,7 +548,7 @@ class Trainer:
             stop_at_step: simulate an interruption after this step (tests of resume); the run checkpoints
                 and returns with `state.stopped = "interrupted"`.
             progress: show a progress bar on stderr.
-            started: `time.perf_counter()` when this session began (the budget counts loading too).
+            started: `Trainer.clock()` when this session began (the budget counts loading too).
             on_started: called once after the first optimizer step succeeded.
         """
         from tqdm.auto import tqdm
@@ -415,20 +557,25 @@ class Trainer:
         rank, world = acc.process_index, acc.num_processes
         eval_every = cfg.eval_every or self.steps_per_epoch
         save_every = cfg.save_every or eval_every
+        clock, wall = started if started is not None else self.clock(), s.wall
+        self._clock0, self._wall0 = clock, wall
+        self._has_eval, self._eval_every, self._save_every = has_eval, eval_every, save_every
+        line = self._plan(wall + self.clock() - clock)
+        if line and acc.is_main_process:
+            print(line, file=sys.stderr)
         bar = tqdm(total=self.total_steps, initial=s.step, disable=not (progress and acc.is_main_process),
                    desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
         window = {"loss": 0.0, "steps": 0, "examples": s.examples, "time": s.elapsed}
-        clock, wall = started if started is not None else time.perf_counter(), s.wall
         with _Interrupt() as interrupt:
             while s.step < self.total_steps and s.stopped is None:
-                t0 = time.perf_counter()  # batching counts as training time
+                t0 = self._step_began = self.clock()  # batching counts as training time
                 order = self._order(s.epoch)
                 ids = order[s.batch_in_epoch:s.batch_in_epoch + self.group]
                 mine = ids[rank::world]
                 picked = list(range(len(ids)))[rank::world] or [0]  # positions of `mine or ids[:1]` in ids
                 batches = [self._collate(ids[k], s.epoch, s.batch_in_epoch + k) for k in picked]
                 loss = self._step(batches, weight=1.0 if mine else 0.0)
-                s.elapsed += time.perf_counter() - t0
+                s.elapsed += self.clock() - t0
                 s.batch_in_epoch += len(ids)
                 if s.batch_in_epoch >= len(order):
                     s.epoch, s.batch_in_epoch = s.epoch + 1, 0
@@ -445,9 +592,11 @@ class Trainer:
                     bar.set_postfix_str(f"{self._shown} {cfg.metric}={metrics[cfg.metric]:.4f}")
                     if cfg.patience and s.bad_evals >= cfg.patience:
                         s.stopped = "early stopping"
-                s.wall = wall + time.perf_counter() - clock
+                s.wall = wall + self.clock() - clock
+                # a budget-aware schedule at its end: the next step would not fit the budget's window
+                ended = s.schedule == "budget" and s.step < self.total_steps and s.progress >= self.total_steps
                 # every process must take the same decision, or the others wait forever in the next step
-                over, asked = self._sum([float(s.budget_s is not None and s.wall >= s.budget_s),
+                over, asked = self._sum([float(s.budget_s is not None and (s.wall >= s.budget_s or ended)),
                                          float(interrupt.requested or (stop_at_step is not None
                                                                        and s.step >= stop_at_step))])
                 if over and not s.stopped:
@@ -466,7 +615,7 @@ class Trainer:
         if has_eval and s.last_eval_step != s.step:
             self._evaluate()
         s.stopped = s.stopped or "completed"
-        s.wall = wall + time.perf_counter() - clock
+        s.wall = wall + self.clock() - clock
         self.save()
         return s
 
