@@ -194,7 +194,8 @@ def classify_bench(args: argparse.Namespace, texts: list[str], out_dir: Path) ->
         if server == "frugal":
             cmd = [sys.executable, "-m", "frugal_lm", "serve", f"sst2={args.run}", "--port", str(port),
                    "--log-level", "warning", "--max-batch", str(args.max_batch),
-                   "--batch-window-ms", str(args.window_ms), "--workers", str(args.workers), *threads(args)]
+                   "--batch-window-ms", str(args.window_ms), "--workers", str(args.workers),
+                   "--precision", args.precision, *threads(args)]
         else:
             cmd = [sys.executable, __file__, "--naive-server", model_dir, str(port), str(args.threads)]
         proc = start(cmd, url, out_dir / f"{server}.log")
@@ -270,6 +271,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server, the same for both "
                     "(0: torch's default, one per core)")
     ap.add_argument("--workers", type=int, default=2, help="frugal serve --workers")
+    ap.add_argument("--precision", default="auto", help="frugal serve --precision (the naive server: fp32, as "
+                    "the pipeline loads it)")
     ap.add_argument("--skip-gen", action="store_true")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
