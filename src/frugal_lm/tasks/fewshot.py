@@ -37,8 +37,8 @@ class ClassifyOptions:
                          "classify.fewshot_below examples per class)", ("auto", "finetune", "fewshot"))
     fewshot_below: int = option(100, "auto picks fewshot when the training set has fewer examples per "
                                 "class than this (on average)")
-    fewshot_steps: int = option(0, "optimizer steps of the contrastive stage (0: from the data size, "
-                                "see docs)")
+    fewshot_steps: int = option(0, "optimizer steps of the contrastive stage (0: ~32 passes over the "
+                                "examples, at least 100, at most 400)")
     fewshot_lr: float = option(5e-5, "learning rate of the contrastive stage")
     fewshot_batch_size: int = option(32, "sentences per contrastive batch (rounded to a multiple of the "
                                      "label count, so every class is equally present); all pairs in it train")
