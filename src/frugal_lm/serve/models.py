@@ -29,7 +29,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 # Rows per forward pass on a CPU, by served precision. SST-2 dev on MiniLM, 1 thread, micro-batches of 32
 # (a quiet Xeon with AMX): fp32 148 / 140 / 100 texts/s with passes of 8 / 16 / 32 sorted rows; bf16 323 /
 # 383 / 311 (one text at a time: 68 fp32, 79 bf16). Padding grows with the pass, so the best is in between.
-CPU_FORWARD_ROWS = {"fp32": 8, "bf16": 16, "fp16": 16}
+CPU_FORWARD_ROWS = {"float32": 8, "bfloat16": 16, "float16": 16}
 OPS = ("classify", "ner", "score", "fill-mask", "completions", "chat")
 
 
@@ -232,7 +232,7 @@ def load_served(spec: str, device: str | None = None, precision: str = "auto") -
         if next(served.model.parameters()).device.type == "cpu":
             # a micro-batch is sorted by length and run in forward passes of this many rows: on a CPU, compute
             # grows with padded tokens, so short passes of similar lengths beat one pass padded to the longest
-            rows = CPU_FORWARD_ROWS[served.precision.split()[0]]
+            rows = CPU_FORWARD_ROWS[str(next(served.model.parameters()).dtype).removeprefix("torch.")]
             served.task.cfg.train.eval_batch_size = min(served.task.cfg.train.eval_batch_size, rows)
         # one call now sets the tokenizer's truncation state, which would otherwise be set by the first
         # batches of several worker threads at once (Rust tokenizers refuse that: "Already borrowed")
