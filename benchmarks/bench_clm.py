@@ -174,10 +174,10 @@ def child(a: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT / "src"))
     train, test = split(Path(a.data), a.max_chars)
-    if a.child == "hf-bf16":
-        result = run_hf(a, train, test, bf16=True)
+    if a.child.startswith("hf"):
+        result = run_hf(a, train, test, bf16=a.child == "hf-bf16")
     else:
-        result = (run_hf if a.child == "hf" else run_frugal)(a, train, test)
+        result = run_frugal(a, train, test)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
