@@ -108,6 +108,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         FrugalError: bad config or data (before training starts), existing run without resume/overwrite,
             a resume that would change the run's config, a corrupt checkpoint.
     """
+    from frugal_lm.engine.mfu import mfu_report
     from frugal_lm.engine.trainer import Trainer
 
     started = Trainer.clock()  # the time budget counts loading as well: wall time as the user sees it
@@ -199,7 +200,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         # "budget" (decays to its end at the budget) or "steps" (over the planned steps)
         "time_budget_s": state.budget_s, "lr_schedule": state.schedule,
         "budget_reserve_s": round(state.reserve_s, 3) if state.schedule == "budget" else None,
+        # model-FLOPs utilisation against this machine's measured matmul peak (engine/mfu.py)
+        **mfu_report(trainer.accelerator.unwrap_model(trainer.model), state.tokens, state.examples,
+                     state.elapsed, trainer.precision, trainer.accelerator.device),
     }
+    if ps.is_main_process and summary["mfu"] is not None:
+        _log(f"MFU {summary['mfu']:.1%}: {summary['model_flops_per_s'] / 1e9:.1f} GFLOP/s of model work against "
+             f"a measured matmul peak of {summary['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({summary['precision']})")
     if state.stopped == "interrupted":
         if ps.is_main_process:
             print(f"stopped after step {state.step}; continue with: frugal train --resume --output {run_dir}",
