@@ -78,3 +78,27 @@ def test_evaluation_batches_respect_a_token_budget():
         assert len(b) == 1 or len(b) * max(lens[i] for i in b) <= 1024
     assert [lens[i] for i in batches[0]] == [2000]  # longest first, alone
     assert max(len(b) for b in batches) == 64  # short rows still fill whole batches
+
+
+def test_sorted_prediction_batches_return_results_in_input_order():
+    """map_batches runs length-sorted, token-capped batches and gives each result back at its input's place."""
+    import torch
+
+    from frugal_lm.engine.inference import map_batches
+
+    rng = random.Random(1)
+    # each example's ids encode its position, so a result tells which input it came from
+    examples = [{"input_ids": [i + 1] * rng.randint(1, 40)} for i in range(300)]
+    seen: list[list[int]] = []
+
+    def first_id(model, batch):
+        rows = batch["attention_mask"].sum(dim=1).tolist()
+        seen.append(rows)
+        return [int(ids[0]) - 1 for ids in batch["input_ids"]]
+
+    out = map_batches(torch.nn.Linear(1, 1), examples, Collator(pad_id=0), 32, first_id, max_tokens=256)
+    assert out == list(range(300))
+    # the batches really ran sorted (longest first) under the token cap, not in input order
+    flat = [n for rows in seen for n in rows]
+    assert flat == sorted(flat, reverse=True) and flat != [len(e["input_ids"]) for e in examples]
+    assert all(len(rows) * max(rows) <= 256 for rows in seen)
