@@ -51,29 +51,18 @@ def peak_flops(precision: str = "no", device: str = "cpu") -> float:
 
 
 def non_embedding_parameters(model: Any) -> int:
-    """Parameters that take part in matrix products: all but the input and position embedding tables."""
+    """Parameters that take part in matrix products: all but the embedding tables (token, position, token
+    type: lookups, not products), except that a tied output head multiplies by the token table (causal LMs),
+    so that table counts once."""
+    import torch
+
     base = getattr(model, "get_base_model", lambda: model)()
-    skip = set()
-    get_in = getattr(base, "get_input_embeddings", None)
-    emb = get_in() if get_in else None
-    if emb is not None:
-        skip.add(id(emb.weight))
-    for name, module in base.named_modules():
-        if "position" in name.lower() and hasattr(module, "weight") and module.__class__.__name__ == "Embedding":
-            skip.add(id(module.weight))
-        if name.endswith(("token_type_embeddings", "wpe")) and hasattr(module, "weight"):
-            skip.add(id(module.weight))
-    # a tied output head (causal LMs) multiplies by the embedding matrix: count it once as a matmul
+    tables = {id(m.weight) for m in base.modules() if isinstance(m, torch.nn.Embedding)}
     get_out = getattr(base, "get_output_embeddings", None)
     out = get_out() if get_out else None
-    tied = out is not None and emb is not None and out.weight is emb.weight
-    seen, n = set(), 0
-    for p in base.parameters():
-        if id(p) in seen or id(p) in skip:
-            continue
-        seen.add(id(p))
-        n += p.numel()
-    return n + (emb.weight.numel() if tied else 0)
+    if out is not None:
+        tables.discard(id(out.weight))  # tied: a product after all (untied heads were never in `tables`)
+    return sum(p.numel() for p in base.parameters() if id(p) not in tables)  # parameters() yields each once
 
 
 def training_flops(model: Any, tokens: int, rows: int) -> float:
