@@ -200,13 +200,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         # "budget" (decays to its end at the budget) or "steps" (over the planned steps)
         "time_budget_s": state.budget_s, "lr_schedule": state.schedule,
         "budget_reserve_s": round(state.reserve_s, 3) if state.schedule == "budget" else None,
-        # model-FLOPs utilisation against this machine's measured matmul peak (engine/mfu.py)
-        **mfu_report(trainer.accelerator.unwrap_model(trainer.model), state.tokens, state.examples,
-                     state.elapsed, trainer.precision, trainer.accelerator.device),
     }
-    if ps.is_main_process and summary["mfu"] is not None:
-        _log(f"MFU {summary['mfu']:.1%}: {summary['model_flops_per_s'] / 1e9:.1f} GFLOP/s of model work against "
-             f"a measured matmul peak of {summary['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({summary['precision']})")
     if state.stopped == "interrupted":
         if ps.is_main_process:
             print(f"stopped after step {state.step}; continue with: frugal train --resume --output {run_dir}",
@@ -214,6 +208,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         return summary
     if not trainer.accelerator.is_main_process:
         return summary
+    # model-FLOPs utilisation against this machine's measured matmul peak (engine/mfu.py): on the main process
+    # only, which writes metrics.json; the others' probes would run at once and slow each other's readings
+    summary.update(mfu_report(trainer.accelerator.unwrap_model(trainer.model), state.tokens, state.examples,
+                              state.elapsed, trainer.precision, trainer.accelerator.device))
+    if summary["mfu"] is not None:
+        _log(f"MFU {summary['mfu']:.1%}: {summary['model_flops_per_s'] / 1e9:.1f} GFLOP/s of model work against "
+             f"a measured matmul peak of {summary['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({summary['precision']})")
     if not trainer.export_current:
         trainer.load_best()
     from frugal_lm.engine.inference import local_only
