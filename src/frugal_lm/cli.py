@@ -50,6 +50,10 @@ def train(
     resume: Annotated[bool, Opt("--resume", help="continue the run in --output from its last checkpoint")] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="replace an existing run folder")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bar")] = False,
+    auto: Annotated[bool, Opt("--auto", help="plan first (`frugal plan`: real steps on the real data) and train "
+                              "with the recommended recipe, within --memory-budget and --time-budget")] = False,
+    memory_budget: Annotated[str | None, Opt("--memory-budget", help="peak memory the run may use: 4GB, 512MB; "
+                                             "micro-batch and checkpointing are chosen to fit")] = None,
     processes: Annotated[int, Opt("--processes", min=1, help="data-parallel processes on this machine (CPU "
                                   "cores or GPUs), through torch.distributed.run; global batch = processes x "
                                   "batch size x accumulation")] = 1,
@@ -80,6 +84,7 @@ def train(
     if time_budget is not None and max_minutes is not None:
         raise FrugalError("--time-budget and --max-minutes are the same budget: give one of them")
     put("train", "time_budget", time_budget)
+    put("train", "memory_budget", memory_budget)
     if lora:
         put("peft", "method", "lora")
     put("model", "tokenizer", tokenizer)
@@ -92,6 +97,9 @@ def train(
         raise FrugalError(f"--resume: {cfg.output} is not a run folder; pass --output RUN_DIR")
     from frugal_lm.engine.distributed import in_launch, is_main, launch, without_option
 
+    if auto and (processes > 1 or in_launch()):
+        raise FrugalError("--auto plans for one process; plan first (frugal plan --write FILE), then train FILE "
+                          "with --processes")
     if processes > 1 and not in_launch():  # the config checked once here, then the same command N times
         raise typer.Exit(launch(without_option(sys.argv[1:], "--processes"), processes))
     from frugal_lm.config import budget_seconds
@@ -100,8 +108,20 @@ def train(
     # on resume, --time-budget (--max-minutes) is a new budget for this session; without it a budget-stopped
     # run trains on
     given = resume and (time_budget is not None or max_minutes is not None)
+    planned, began = None, None
+    if auto:
+        if resume:
+            raise FrugalError("--auto and --resume: a resumed run keeps the recipe it was planned with")
+        from frugal_lm.engine.trainer import Trainer
+        from frugal_lm.plan import apply_plan, plan, table
+
+        began = Trainer.clock()
+        planned = plan(cfg)
+        typer.echo(table(planned), err=True)
+        cfg = apply_plan(cfg, planned)
     summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet,
-                        budget_minutes=budget_seconds(cfg.train) / 60 if given else None)
+                        budget_minutes=budget_seconds(cfg.train) / 60 if given else None,
+                        planned=planned, started=began)
     if not is_main():
         return
     best = summary.get("best") or {}
@@ -175,7 +195,7 @@ def config_(
 
 # Command groups that live in their own modules; each has `register(app)`.
 PLUGINS = ("frugal_lm.cli_ngram", "frugal_lm.cli_cv", "frugal_lm.cli_score", "frugal_lm.cli_generate", "frugal_lm.cli_serve",
-           "frugal_lm.cli_pretrain")
+           "frugal_lm.cli_pretrain", "frugal_lm.cli_plan")
 
 
 def _register_plugins() -> None:

@@ -79,6 +79,15 @@ class TrainConfig:
                                  "(a matrix tied to an output head stays trainable); default per task")
     freeze_layers: int = _f(0, "also keep the first N transformer layers fixed")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, more time")
+    micro_batch: int = _f(0, "rows per forward/backward pass: each batch is split into micro-batches of this size "
+                          "(the same gradients, less memory; 0: the whole batch at once). Chosen by "
+                          "train.memory_budget and `frugal plan`; halved on an out-of-memory error")
+    memory_budget: str = _f("", "peak memory the run may use, as 4GB, 512MB, 2GiB ('': no budget): micro-batch "
+                            "size and gradient checkpointing are chosen to stay under it (see `frugal plan`)")
+    batch_tokens: int = _f(0, "token-budget batches: a batch holds up to this many padded tokens (rows x longest "
+                           "row) instead of train.batch_size rows; length-grouped (0: off, batches of rows)")
+    cache_prefix: bool = _f(False, "with frozen embeddings and train.freeze_layers N, compute the frozen prefix's "
+                            "outputs once per example (dropout off in it) and reuse them in later epochs")
     class_weights: str = _f("", "weight the loss per class (imbalanced labels): 'balanced' (inverse frequency, "
                             "as scikit-learn; 'true' too), explicit 'LABEL=W,LABEL=W' (unlisted: 1), or '' (off)")
     balanced_sampler: bool = _f(False, "batches hold every class equally often (smaller classes repeated); "
@@ -204,6 +213,36 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n)
 
 
+_SIZE = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<u>[kmgt]?i?b?)")
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+SIZE_FORMS = "4GB, 512MB, 2GiB or 1.5G (a plain number: bytes; '' or 0: none)"
+
+
+def parse_size(value: Any, key: str = "train.memory_budget") -> int:
+    """Bytes in a memory size: "4GB" (4e9), "512MB", "2GiB" (2 x 2**30), "1.5G", a plain number of bytes.
+
+    "", None and 0 mean no budget (0).
+
+    Raises:
+        ConfigError: anything else, naming `key` and the accepted forms.
+    """
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return 0
+    match = _SIZE.fullmatch(str(value).strip().lower()) if not isinstance(value, bool) else None
+    if match is None or match["u"] not in _UNITS:
+        raise ConfigError(f"{key}: expected a memory size such as {SIZE_FORMS}, got {value!r}")
+    return int(float(match["n"]) * _UNITS[match["u"]])
+
+
+def format_size(n: float) -> str:
+    """Bytes as the user reads them: 1.23 GB, 456 MB (decimal units, as parse_size's GB)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def budget_seconds(train: TrainConfig) -> float:
     """The run's time budget in seconds (0: none): train.time_budget when set, else train.max_minutes.
 
@@ -326,6 +365,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.max_steps are both 0: nothing to train")
     if not 0 <= t.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    for key, value in {"train.micro_batch": t.micro_batch, "train.batch_tokens": t.batch_tokens}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+    parse_size(t.memory_budget)
+    if t.batch_tokens and t.balanced_sampler:
+        raise ConfigError("train.batch_tokens and train.balanced_sampler: a class-balanced batch holds a fixed "
+                          "number of rows; use one of them")
     if cfg.peft.method == "lora" and cfg.peft.r < 1:
         raise ConfigError(f"peft.r: must be at least 1, got {cfg.peft.r}")
 
@@ -374,7 +420,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 # What a resumed run may change: nothing that moves the data position or the result.
-RESUMABLE = ("output", "train.max_minutes", "train.time_budget", "train.log_every", "train.nonfinite")
+# train.micro_batch and train.memory_budget only split each batch into smaller passes: the same examples per
+# step and the same gradients.
+RESUMABLE = ("output", "train.max_minutes", "train.time_budget", "train.log_every", "train.nonfinite",
+             "train.micro_batch", "train.memory_budget")
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

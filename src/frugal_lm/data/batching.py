@@ -26,8 +26,9 @@ class EpochBatchSampler:
         group_by_length: see above.
         seed: base seed; the order of epoch e depends on (seed, e) only.
         drop_last: drop a final short batch.
-        max_tokens: evaluation order only: also cap each batch at this many padded tokens (rows x longest
-            row), so batches of long inputs hold fewer rows. 0: no cap.
+        max_tokens: cap each batch at this many padded tokens (rows x longest row). Evaluation order: on top
+            of batch_size rows, so batches of long inputs hold fewer rows; training order (train.batch_tokens):
+            instead of batch_size, so every batch holds about the same work. 0: no cap.
         labels: training order only: the class of each example, for class-balanced batches (see
             `_balanced`); length grouping is then off.
     """
@@ -74,13 +75,17 @@ class EpochBatchSampler:
         if self.labels is not None:
             return self._cut(self._balanced(rng))
         rng.shuffle(idx)
+        cut = self._cut_tokens if self.max_tokens else self._cut
         if not self.group_by_length:
-            return self._cut(idx)
+            return cut(idx)
         size = self.batch_size * self.mega
+        if self.max_tokens:  # mega-batches of about `mega` token batches of the typical length
+            typical = sorted(self.lengths)[n // 2] or 1
+            size = max(1, self.max_tokens // typical) * self.mega
         batches: list[list[int]] = []
         for start in range(0, n, size):
             chunk = sorted(idx[start:start + size], key=lambda i: -self.lengths[i])
-            batches.extend(self._cut(chunk))
+            batches.extend(cut(chunk))
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size]
         longest = max(range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]))
@@ -118,14 +123,20 @@ class EpochBatchSampler:
         return out
 
     def _cut_tokens(self, idx: list[int]) -> list[list[int]]:
-        """Cut longest-first indices into batches of at most batch_size rows and max_tokens padded tokens."""
+        """Cut indices, in their order, into batches of at most max_tokens padded tokens (rows x the batch's
+        longest row; an example longer than that alone). Evaluation batches also hold at most batch_size rows;
+        training ones (train.batch_tokens) as many as the tokens allow."""
         out: list[list[int]] = []
+        rows = self.batch_size if not self.shuffle else len(idx)
+        longest = 0
         for i in idx:
-            if out and len(out[-1]) < self.batch_size and \
-                    (len(out[-1]) + 1) * self.lengths[out[-1][0]] <= self.max_tokens:
+            width = max(longest, self.lengths[i])
+            if out and len(out[-1]) < rows and (len(out[-1]) + 1) * width <= self.max_tokens:
                 out[-1].append(i)
+                longest = width
             else:
                 out.append([i])
+                longest = self.lengths[i]
         return out
 
     def __iter__(self) -> Iterator[list[int]]:

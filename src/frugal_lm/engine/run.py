@@ -34,10 +34,13 @@ def _log(message: str) -> None:
 
 def _build(cfg: RunConfig) -> tuple[Any, Any]:
     """Task with data read and encoded, and the model with compute savers applied."""
-    import torch
+    task, resolved = prepare_task(cfg)
+    return task, build_model(cfg, task, resolved)
 
-    from frugal_lm.engine.savers import apply_lora, freeze
-    from frugal_lm.models.loading import load_tokenizer, local_path
+
+def prepare_task(cfg: RunConfig) -> tuple[Any, Any]:
+    """The task with its data read, checked and encoded (before any model is loaded), and the resolved model."""
+    from frugal_lm.models.loading import load_tokenizer
     from frugal_lm.models.registry import resolve_model
     from frugal_lm.tasks import get_task
 
@@ -45,16 +48,28 @@ def _build(cfg: RunConfig) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.model.trust_remote_code)
     task = get_task(cfg.task)(cfg)
     task.prepare(tokenizer)  # reads and checks all data before the model is loaded
-    torch.manual_seed(cfg.train.seed)  # the new head's init depends on the seed only
-    model = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
-    if resolved.adapter:  # a LoRA run exported without merging: its adapter goes onto the base model first
-        from peft import PeftModel
+    return task, resolved
 
-        try:
-            model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
-        except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"{cfg.model.name}: its LoRA adapter does not fit this task's model "
-                             f"({str(exc).splitlines()[0][:200]})") from None
+
+def build_model(cfg: RunConfig, task: Any, resolved: Any, model: Any = None) -> Any:
+    """The task's model (loaded, or `model` as given: the planner passes copies of one) with cfg's compute
+    savers applied: LoRA, frozen embeddings and layers."""
+    import torch
+
+    from frugal_lm.engine.savers import apply_lora, freeze
+    from frugal_lm.models.loading import local_path
+
+    if model is None:
+        torch.manual_seed(cfg.train.seed)  # the new head's init depends on the seed only
+        model = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
+        if resolved.adapter:  # a LoRA run exported without merging: its adapter goes onto the base model first
+            from peft import PeftModel
+
+            try:
+                model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"{cfg.model.name}: its LoRA adapter does not fit this task's model "
+                                 f"({str(exc).splitlines()[0][:200]})") from None
     t = cfg.train
     if cfg.peft.method == "lora":
         p = cfg.peft
@@ -64,7 +79,7 @@ def _build(cfg: RunConfig) -> tuple[Any, Any]:
             freeze(model, embeddings=False, first_layers=t.freeze_layers)
     else:
         freeze(model, embeddings=t.freeze_embeddings, first_layers=t.freeze_layers, log=_log)
-    return task, model
+    return model
 
 
 def _export(run_dir: Path, cfg: RunConfig, task: Any, model: Any) -> None:
@@ -88,7 +103,8 @@ FINISHED = ("completed", "early stopping")
 
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          stop_at_step: int | None = None, budget_minutes: float | None = None) -> dict[str, Any]:
+          stop_at_step: int | None = None, budget_minutes: float | None = None,
+          planned: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
     """Train a model as `cfg` says and write the run folder.
 
     Args:
@@ -100,6 +116,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         stop_at_step: stop (checkpointed, resumable) after this step, as an interruption would.
         budget_minutes: on resume, a time budget for this session (0: none). Without it, a run that its
             budget stopped trains on to its planned end, and any other keeps the budget it had.
+        planned: the plan that chose cfg's recipe (`train --auto`, plan.py): written to plan.json, and its
+            predictions beside the measured figures in metrics.json; train.memory_budget is then not re-fitted.
+        started: `Trainer.clock()` when the run began (default now); `--auto` passes its planning's start, so the
+            time budget counts the planning too.
 
     Returns:
         The summary also written to metrics.json.
@@ -111,7 +131,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     from frugal_lm.engine.mfu import mfu_report
     from frugal_lm.engine.trainer import Trainer
 
-    started = Trainer.clock()  # the time budget counts loading as well: wall time as the user sees it
+    # the time budget counts loading (and an --auto plan) as well: wall time as the user sees it
+    started = Trainer.clock() if started is None else started
     from accelerate.utils import set_seed
 
     from frugal_lm.config import budget_seconds, resume_config
@@ -153,6 +174,16 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
 
         train_cfg = dataclasses.replace(cfg.train, **task.train_overrides())
         _log(f"{cfg.task}: training with " + ", ".join(f"train.{k}={v}" for k, v in task.train_overrides().items()))
+    if train_cfg.memory_budget and planned is None:  # the micro-batch and checkpointing that fit the budget
+        import dataclasses
+
+        from frugal_lm.engine.savers import resolve_precision
+        from frugal_lm.plan import fit_memory
+
+        precision = resolve_precision(train_cfg.precision, sum(p.numel() for p in model.parameters()))
+        micro, checkpointing = fit_memory(cfg, task, model, _autocast(precision), _log)
+        train_cfg = dataclasses.replace(train_cfg, micro_batch=micro,
+                                        gradient_checkpointing=checkpointing or train_cfg.gradient_checkpointing)
     trainer = Trainer(model, task, task.train_set, task.collator(), train_cfg, run_dir,
                       group=(saved or {}).get("group") or None)
     if saved and saved.get("processes", 1) != trainer.accelerator.num_processes and ps.is_main_process:
@@ -199,6 +230,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         # the budget on the axis of wall_seconds (all sessions), and how the learning rate was scheduled:
         # "budget" (decays to its end at the budget) or "steps" (over the planned steps)
         "time_budget_s": state.budget_s, "lr_schedule": state.schedule,
+        # the process's peak resident memory (CPU) or the device's peak allocation (GPU): what plan predicts
+        "peak_memory_bytes": peak_memory(trainer.accelerator.device),
+        "micro_batch": trainer.micro_batch, "memory_back_offs": state.back_offs,
+        "gradient_checkpointing": train_cfg.gradient_checkpointing,
         "budget_reserve_s": round(state.reserve_s, 3) if state.schedule == "budget" else None,
     }
     if state.stopped == "interrupted":
@@ -208,6 +243,15 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         return summary
     if not trainer.accelerator.is_main_process:
         return summary
+    if planned is not None:  # what the plan predicted, beside what the run measured
+        chosen = planned["candidates"][planned["recommended"]]
+        epochs = summary["epochs"] or 1.0
+        summary["plan"] = {"recipe": chosen["method"], "predicted_peak_memory_bytes": chosen["memory"]["peak"],
+                           "predicted_epoch_s": round(chosen["epoch_s"], 3),
+                           "measured_epoch_s": round(state.elapsed / epochs, 3)}
+        from frugal_lm.io import write_json
+
+        write_json(run_dir / "plan.json", planned)
     # model-FLOPs utilisation against this machine's measured matmul peak (engine/mfu.py): on the main process
     # only, which writes metrics.json; the others' probes would run at once and slow each other's readings
     summary.update(mfu_report(trainer.accelerator.unwrap_model(trainer.model), state.tokens, state.examples,
@@ -235,6 +279,32 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     if state.stopped != "time budget":  # a budget stop may be resumed; keep the best weights for it
         (run_dir / "best.safetensors").unlink(missing_ok=True)
     return summary
+
+
+def _autocast(precision: str) -> Any:
+    """The autocast context of `precision` (accelerate's names) on this device, for measuring a forward pass."""
+    import functools
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "no":
+        from contextlib import nullcontext
+
+        return nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return functools.partial(torch.autocast, device_type=device, dtype=dtype)
+
+
+def peak_memory(device: Any) -> int:
+    """Peak memory of this run: the GPU's peak allocation on CUDA, else the process's peak resident set."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(device))
+    from frugal_lm.plan import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _write_failure(run_dir: Path, trainer: Any, exc: OSError) -> str:

@@ -58,10 +58,41 @@ class LoopState:
     group: int = 0  # micro-batches per optimizer step, all processes together (processes x accumulation)
     processes: int = 1
     skipped: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
+    back_offs: int = 0  # out-of-memory errors survived by halving the micro-batch
     examples: int = 0
     tokens: int = 0
     log_lines: int = 0
     stopped: str | None = None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure that a smaller batch may avoid: CUDA's OutOfMemoryError, or the CPU allocator's
+    "can't allocate memory" (a CPU run past the machine's memory is usually killed by the kernel instead)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def split_batch(batch: dict[str, Any], rows: int) -> list[dict[str, Any]]:
+    """A padded batch cut into pieces of at most `rows` rows (0: not cut), each trimmed of the padding columns
+    that none of its rows needs (batches are padded on the right). The pieces hold the batch's rows in order,
+    so their summed loss is the batch's."""
+    n = int(batch["input_ids"].shape[0])
+    if not rows or rows >= n:
+        return [batch]
+    width = batch["input_ids"].shape[1]
+    pieces = []
+    for start in range(0, n, rows):
+        piece = {k: v[start:start + rows] for k, v in batch.items()}
+        mask = piece["attention_mask"]
+        used = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else width
+        if used < width and not bool(mask[:, 0].eq(0).any()):  # right-padded: trim the unused columns
+            piece = {k: v[:, :used] if v.dim() >= 2 and v.shape[1] == width else v for k, v in piece.items()}
+        pieces.append(piece)
+    return pieces
 
 
 class _Interrupt:
@@ -241,7 +272,9 @@ class Trainer:
         self.sampler = EpochBatchSampler(
             task.lengths(train_set), cfg.batch_size, shuffle=True,
             group_by_length=cfg.group_by_length, seed=cfg.seed,
-            labels=_class_labels(train_set) if cfg.balanced_sampler else None)
+            labels=_class_labels(train_set) if cfg.balanced_sampler else None, max_tokens=cfg.batch_tokens)
+        # rows per forward/backward pass (0: whole batches); halved on an out-of-memory error (_step)
+        self.micro_batch = cfg.micro_batch
         if len(self.sampler) == 0:
             raise FrugalError(f"too few training examples ({len(train_set)}) for one batch")
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.group)
@@ -458,18 +491,14 @@ class Trainer:
         # DDP averages gradients over processes, so scale by their number to get sum / n_total overall.
         scale = acc.num_processes / max(1, n_total) * weight
         model.train()
-        loss_sum, tokens, rows = 0.0, 0, 0
-        for i, batch in enumerate(batches):
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            with nullcontext() if i == len(batches) - 1 else acc.no_sync(model):
-                with acc.autocast():
-                    loss, _ = self.task.loss(model, batch)
-                acc.backward(loss * scale)
-            if weight:
-                loss_sum += float(loss.detach())
-                tokens += int(batch["attention_mask"].sum())
-                # examples are batch rows (sentences, windows), whatever the loss counts (tokens for NER)
-                rows += int(batch["input_ids"].shape[0])
+        while True:
+            try:
+                loss_sum, tokens, rows = self._passes(batches, scale, weight)
+                break
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                self._back_off(batches, exc)
         loss_sum, tokens, rows = self._sum([loss_sum, tokens, rows])
         norm = acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm) if self.cfg.max_grad_norm else None
         # fp16's grad scaler handles overflowing gradients itself (it skips those steps and rescales)
@@ -487,6 +516,52 @@ class Trainer:
         s.tokens += int(tokens)
         s.examples += int(rows)
         return loss_sum / max(1, n_total)
+
+    def _passes(self, batches: list[dict[str, Any]], scale: float, weight: float) -> tuple[float, int, int]:
+        """Forward and backward over the group's batches, each split into micro-batches of self.micro_batch
+        rows: the gradients of the whole group accumulate, scaled by `scale`. Returns the summed loss, real
+        tokens and rows of this process."""
+        acc, model = self.accelerator, self.model
+        passes = [p for b in batches for p in split_batch(b, self.micro_batch)]
+        loss_sum, tokens, rows = 0.0, 0, 0
+        for i, batch in enumerate(passes):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with nullcontext() if i == len(passes) - 1 else acc.no_sync(model):
+                with acc.autocast():
+                    loss, _ = self.task.loss(model, batch)
+                acc.backward(loss * scale)
+            if weight:
+                loss_sum += float(loss.detach())
+                tokens += int(batch["attention_mask"].sum())
+                # examples are batch rows (sentences, windows), whatever the loss counts (tokens for NER)
+                rows += int(batch["input_ids"].shape[0])
+        return loss_sum, tokens, rows
+
+    def _back_off(self, batches: list[dict[str, Any]], exc: BaseException) -> None:
+        """An out-of-memory error in a step: drop its partial gradients, halve the micro-batch (the same rows per
+        step, twice the passes: accumulation doubles) and let _step try the step again. Refused with several
+        processes (the others would wait in the gradient all-reduce) and at one row per pass."""
+        import torch
+
+        rows = max(int(b["input_ids"].shape[0]) for b in batches)
+        current = min(self.micro_batch or rows, rows)
+        if self.accelerator.num_processes > 1 or current <= 1:
+            why = ("with several processes the others cannot follow a back-off" if current > 1
+                   else "a single row does not fit")
+            raise FrugalError(f"step {self.state.step + 1}: out of memory ({str(exc).splitlines()[0][:160]}); "
+                              f"{why}: lower train.batch_size or model.max_length, set train.memory_budget, or "
+                              "turn train.gradient_checkpointing on") from None
+        self.optimizer.zero_grad(set_to_none=True)
+        del exc
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.micro_batch = (current + 1) // 2
+        self.state.back_offs += 1
+        line = (f"out of memory at step {self.state.step + 1}: micro-batch halved to {self.micro_batch} rows "
+                f"(accumulation doubled, the same {rows} rows per batch); retrying the step")
+        if self.accelerator.is_main_process:
+            print(line, file=sys.stderr)
+            self.log.write({"type": "back_off", "step": self.state.step + 1, "micro_batch": self.micro_batch})
 
     def _nonfinite(self, batches: list[dict[str, Any]], what: str) -> None:
         """A NaN or infinite loss or gradient norm: skip the step (train.nonfinite=skip) or stop, saying where."""

@@ -1,0 +1,522 @@
+"""`frugal plan`: will this run fit, and how long will it take? Answered before training, by measuring.
+
+For each candidate recipe (the configured one; full fine-tuning; frozen embeddings; frozen embeddings and the
+first N layers; LoRA; each with and without gradient checkpointing, at micro-batches of the batch, half of it,
+...) the planner builds the real model, takes the real batches of the first epoch (the engine's own sampler: the
+lengths and padding the run will see) and:
+
+- memory: counts weights, gradients (trainable parameters) and AdamW's two moments exactly, and measures the
+  activations that the forward pass saves for backward (torch's saved-tensors hooks, each storage counted once)
+  on the epoch's longest batch: the batch the sampler puts first, so a run that fits its first step fits;
+- time: times real optimizer steps (the engine's own step, so precision, clipping and accumulation are those of
+  the run) on the longest, a middling and a short batch, fits seconds = a + b x padded tokens per pass plus a
+  per-step cost, and sums that over every batch of the epoch.
+
+Peak memory = the process before the model is loaded (interpreter, libraries, data) + weights + gradients +
+optimizer + activations, against the budget (--memory; default: the memory this machine has available).
+The recommendation is the least change to the configured recipe that fits both budgets: first only the
+micro-batch (the same gradients), then gradient checkpointing (the same gradients, slower), then recipes that
+train fewer weights, in the order of what they usually cost in accuracy; within one, the fastest.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from frugal_lm.config import (
+    RunConfig,
+    budget_seconds,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+from frugal_lm.errors import FrugalError
+
+
+@dataclass
+class Candidate:
+    """One recipe at one micro-batch size, with what the planner predicts for it."""
+
+    method: str  # what a user reads: "as configured", "full fine-tune", "LoRA r=8", ...
+    tier: int  # order of expected accuracy cost: 0 the configured recipe, higher trains less
+    changes: dict[str, Any]  # config keys this candidate sets ("train.freeze_layers": 3, ...)
+    micro_batch: int
+    checkpointing: bool
+    max_length: int
+    accumulation: int = 1  # micro-batches per optimizer step (per process)
+    trainable: int = 0
+    memory: dict[str, int] = field(default_factory=dict)  # base, weights, gradients, optimizer, activations, peak
+    step_s: float = 0.0  # mean seconds per optimizer step over the epoch
+    epoch_s: float = 0.0
+    run_s: float = 0.0  # the configured epochs (or max_steps)
+    fits_memory: bool = True
+    fits_time: bool = True
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_memory and self.fits_time
+
+    def settings(self) -> dict[str, Any]:
+        """Every config key this candidate sets, micro-batch and checkpointing included."""
+        return {**self.changes, "train.micro_batch": self.micro_batch,
+                "train.gradient_checkpointing": self.checkpointing}
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; elsewhere its peak so far)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            import os
+
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (what `/usr/bin/time -v` calls maximum resident set size)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # kilobytes on Linux, bytes on macOS
+
+
+def available_memory() -> int:
+    """The memory a run may use here: the GPU's total on CUDA; on a CPU what the OS reports available
+    (MemAvailable), plus what this process holds (it ends before the run starts), within a cgroup limit."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    total = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        total = info.get("MemAvailable", info.get("MemTotal", 0)) + rss_bytes()
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit)) if total else int(limit)
+    except OSError:
+        pass
+    return total or 8 * 10**9
+
+
+def _n_layers(model: Any) -> int:
+    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    return getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 0
+
+
+def _hidden(model: Any) -> int:
+    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    return getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0
+
+
+def static_bytes(model: Any) -> dict[str, int]:
+    """Weights (parameters and buffers), gradients (one per trainable value) and AdamW's state (two moments
+    per trainable value, in the parameter's dtype)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"weights": weights, "gradients": trainable, "optimizer": 2 * trainable}
+
+
+def activation_bytes(model: Any, task: Any, batch: dict[str, Any], autocast: Any) -> int:
+    """Bytes the forward pass on `batch` saves for backward (each storage once), measured with torch's
+    saved-tensors hooks; the graph is dropped without a backward pass, so no weight changes."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        try:
+            storage = t.untyped_storage()
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
+        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, nested)
+            seen.setdefault(id(t), t.numel() * t.element_size())
+        return t
+
+    model.train()
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
+        loss, _ = task.loss(model, batch)
+    del loss
+    # parameters are saved too (for the input gradients) but are counted as weights already
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def checkpointed_activations(full: int, model: Any, rows: int, width: int, bytes_per: int = 4) -> int:
+    """Activations kept with gradient checkpointing: each layer's input (rows x width x hidden) and, while
+    one layer is recomputed in backward, that layer's own activations (about full / layers)."""
+    layers = max(1, _n_layers(model))
+    return int(full / layers + layers * rows * width * _hidden(model) * bytes_per)
+
+
+def _methods(cfg: RunConfig, n_layers: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """The recipes to compare: (name, tier, config changes). The configured one first; then in order of what
+    they usually cost in accuracy (docs/plan.md): full, frozen embeddings, LoRA, frozen layers."""
+    t, p = cfg.train, cfg.peft
+    plain = {"peft.method": "none", "train.freeze_embeddings": False, "train.freeze_layers": 0}
+    out = [("as configured", 0, {})]
+    configured = {"peft.method": p.method, "train.freeze_embeddings": t.freeze_embeddings,
+                  "train.freeze_layers": t.freeze_layers}
+    options = [("full fine-tune", plain), ("frozen embeddings", {**plain, "train.freeze_embeddings": True})]
+    if p.method != "lora" or p.r != 8:
+        options.append(("LoRA r=8", {**plain, "peft.method": "lora", "peft.r": 8, "peft.alpha": 16}))
+    for n in sorted({max(1, n_layers // 3), max(1, n_layers // 2)}):
+        if 0 < n < n_layers:
+            options.append((f"frozen embeddings + {n} layer{'s' if n > 1 else ''}",
+                            {**plain, "train.freeze_embeddings": True, "train.freeze_layers": n}))
+    if p.method == "lora":
+        configured["peft.r"] = p.r
+    for name, changes in options:
+        if {k: changes.get(k, v) for k, v in configured.items()} != configured:  # not the configured one again
+            out.append((name, len(out), changes))
+    return out
+
+
+def _apply(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    out = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        section, leaf = key.split(".")
+        setattr(getattr(out, section), leaf, value)
+    return out
+
+
+def _micro_batches(batch_size: int) -> list[int]:
+    sizes, m = [], batch_size
+    while m >= 1:
+        sizes.append(m)
+        if m == 1:
+            break
+        m = (m + 1) // 2
+    return sizes
+
+
+class _Timing:
+    """Seconds of a step as `per_step + Σ (per_pass + per_token x padded tokens)` over its passes."""
+
+    def __init__(self, per_step: float, per_pass: float, per_token: float):
+        self.per_step, self.per_pass, self.per_token = per_step, per_pass, per_token
+
+    def step(self, passes: list[int]) -> float:
+        return self.per_step + sum(self.per_pass + self.per_token * t for t in passes)
+
+
+def _padded(rows: list[int], lengths: list[int], micro: int) -> list[int]:
+    """Padded tokens of each pass when a batch of `rows` is split into micro-batches of `micro` rows."""
+    out = []
+    for start in range(0, len(rows), micro or len(rows)):
+        piece = [lengths[i] for i in rows[start:start + (micro or len(rows))]]
+        out.append(len(piece) * max(piece))
+    return out
+
+
+def _measure(trainer: Any, task: Any, order: list[list[int]], lengths: list[int], batch_size: int,
+             reps: int) -> _Timing:
+    """Time real steps of `trainer` (its own _step) and fit the step model. The first batch is the longest."""
+    import numpy as np
+
+    tokens = [len(b) * max(lengths[i] for i in b) for b in order]
+    by_size = sorted(range(len(order)), key=lambda k: tokens[k])
+    picks = sorted({0, by_size[len(by_size) // 2], by_size[max(0, len(by_size) // 10)]})
+    batches = {k: trainer._collate(order[k], 0, k) for k in picks}
+    for k in (0, by_size[len(by_size) // 2]):  # warm-up: the largest allocations, kernels' first calls
+        trainer._step([batches[k]])
+    points: dict[tuple[int, int], tuple[tuple[float, float, float], float]] = {}
+    for _ in range(reps):
+        for k in picks:
+            # whole batches, and the longest one in 2 and 4 passes: that separates the per-pass cost (Python,
+            # kernel launches) from the per-token one, which decides how small a micro-batch may be
+            for split in ((0, 2, 4) if k == 0 and len(order[0]) > 3 else (0,)):
+                trainer.micro_batch = -(-len(order[k]) // split) if split else 0
+                passes = _padded(order[k], lengths, trainer.micro_batch)
+                began = time.perf_counter()
+                trainer._step([batches[k]])
+                took = time.perf_counter() - began
+                # the fastest of the repetitions: a shared machine's noise only ever adds time
+                if (k, split) not in points or took < points[(k, split)][1]:
+                    points[(k, split)] = ((1.0, float(len(passes)), float(sum(passes))), took)
+    trainer.micro_batch = 0
+    xs = [x for x, _ in points.values()]
+    ys = [y for _, y in points.values()]
+    # least squares with non-negative costs: on a noisy machine plain least squares can return a negative
+    # per-pass cost, which would make one-row micro-batches look fastest
+    from scipy.optimize import nnls
+
+    coef, _ = nnls(np.array(xs), np.array(ys))
+    per_step, per_pass, per_token = (float(c) for c in coef)
+    if per_token <= 0:
+        per_token = sum(ys) / sum(x[2] for x in xs)
+    return _Timing(per_step, per_pass, per_token)
+
+
+def _shape_cache(model: Any, task: Any, order: list[list[int]], lengths: list[int], autocast: Any,
+                 probes: int = 8) -> tuple[float, int]:
+    """What each new batch shape adds to the process's memory, and how many shapes the epoch has.
+
+    A CPU run's memory grows with every new (rows, width) its matrix products meet: oneDNN keeps a primitive,
+    with its scratch memory, for each shape (up to its cache of 1024 primitives); measured here on SST-2 with
+    MiniLM in bf16, +550 MB over an epoch of ~60 widths, +150 MB in fp32; with the cache capped at 8
+    primitives most of it goes, and the steps run 15% slower, so frugal keeps the cache and counts it. Measured
+    by forward and backward passes (gradients dropped, no update) on `probes` batches of widths not yet seen;
+    0 on a GPU (its caching allocator is measured by the peak it reports)."""
+    import torch
+
+    shapes = {(len(b), max(lengths[i] for i in b)) for b in order}
+    if torch.cuda.is_available():
+        return 0.0, len(shapes)
+    seen = {(len(b), max(lengths[i] for i in b)) for b in order[:1]}
+    fresh, widths = [], set()
+    for k, b in enumerate(order):
+        shape = (len(b), max(lengths[i] for i in b))
+        if shape not in seen and shape[1] not in widths and len(b) == len(order[0]):
+            fresh.append(k)
+            widths.add(shape[1])
+    picks = fresh[:: max(1, len(fresh) // probes)][:probes]
+    if not picks:
+        return 0.0, len(shapes)
+    collate = task.collator()
+    batches = [collate([task.train_set[i] for i in order[k]]) for k in picks]
+    model.train()
+    before = rss_bytes()
+    for batch in batches:
+        with autocast():
+            loss, _ = task.loss(model, batch)
+        loss.backward()
+        model.zero_grad(set_to_none=True)  # nothing is trained
+    return max(0.0, (rss_bytes() - before) / len(picks)), len(shapes)
+
+
+def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None, reps: int = 2,
+         log: Any = None, prepared: tuple[Any, Any] | None = None, only_configured: bool = False) -> dict[str, Any]:
+    """Measure the candidates for `cfg` and recommend one.
+
+    Args:
+        cfg: the run config as the user wrote it.
+        memory: the memory budget in bytes (default: train.memory_budget, else this machine's available memory).
+        seconds: the time budget for training (default: train.time_budget; None: no limit).
+        reps: timed repetitions of each measured batch.
+        log: a print-like callable for progress lines.
+        prepared: (task, resolved model) already prepared for cfg.
+        only_configured: compare micro-batches and checkpointing of the configured recipe only (quicker).
+
+    Returns:
+        {"candidates": [Candidate as dicts], "recommended": index or None, "why": text, "memory_budget",
+        "time_budget", "base_memory", "settings": the recommended config keys}
+    """
+    import warnings
+
+    import torch
+
+    from frugal_lm.data.batching import EpochBatchSampler
+    from frugal_lm.engine.run import build_model, prepare_task
+    from frugal_lm.engine.trainer import Trainer
+    from frugal_lm.models.loading import local_path, quiet_transformers
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft's, not the user's
+    log = log or (lambda line: print(line, file=sys.stderr))
+    memory = memory or parse_size(cfg.train.memory_budget) or available_memory()
+    seconds = seconds if seconds is not None else (budget_seconds(cfg.train) or None)
+    began = time.perf_counter()
+    with quiet_transformers():
+        task, resolved = prepared or prepare_task(cfg)
+        base = rss_bytes()  # the process a run starts as: libraries, tokenizer, the encoded data
+        torch.manual_seed(cfg.train.seed)
+        pristine = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
+        loaded = rss_bytes() - base  # the weights as loading leaves them (mapped files, copies), measured
+    lengths = task.lengths(task.train_set)
+    t = cfg.train
+    sampler = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
+                                seed=t.seed, max_tokens=t.batch_tokens)
+    order = sampler.batches(0)
+    steps_per_epoch = math.ceil(len(order) / t.grad_accum)
+    epochs = t.epochs if not t.max_steps else min(t.epochs or math.inf, t.max_steps / steps_per_epoch)
+    longest = order[0]
+    width = max(lengths[i] for i in longest)
+    rows = max(len(b) for b in order)
+    n_layers = _n_layers(pristine)
+    candidates: list[Candidate] = []
+    shapes: tuple[float, int] | None = None  # (bytes per batch shape, shapes in the epoch), measured once
+    with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
+        for name, tier, changes in _methods(cfg, n_layers)[:1 if only_configured else None]:
+            variant = _apply(cfg, changes)
+            for checkpointing in (False, True):
+                if checkpointing and any(c.method == name and c.fits_memory and not c.micro_batch
+                                         for c in candidates):
+                    continue  # whole batches fit without it: checkpointing would only cost time
+                variant.train.gradient_checkpointing = checkpointing
+                variant.train.micro_batch = 0
+                with quiet_transformers():
+                    model = build_model(variant, task, resolved, model=copy.deepcopy(pristine))
+                trainer = Trainer(model, task, task.train_set, task.collator(), variant.train, tmp)
+                model = trainer.model
+                static = static_bytes(model)
+                static["weights"] = max(static["weights"], loaded)
+                full_batch = trainer._collate(longest, 0, 0)
+                saved = activation_bytes(model, task, full_batch, trainer.accelerator.autocast)
+                timing = _measure(trainer, task, order, lengths, t.batch_size, reps)
+                if shapes is None:
+                    shapes = _shape_cache(model, task, order, lengths, trainer.accelerator.autocast)
+                trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                label = name + (" + checkpointing" if checkpointing else "")
+                log(f"plan: {label}: {trainable / 1e6:.2f}M trainable; step {timing.per_step * 1e3:.0f} ms + "
+                    f"{timing.per_pass * 1e3:.0f} ms per pass + {timing.per_token * 1e6:.0f} us per token; "
+                    f"{time.perf_counter() - began:.0f}s so far")
+                for micro in _micro_batches(rows):
+                    # saved activations scale with the rows of a pass (its width is the longest batch's)
+                    acts = int(saved * micro / len(longest))
+                    if checkpointing:  # the hooks do not see the layer inputs that checkpointing keeps
+                        acts += checkpointed_activations(0, model, micro, width)
+                    mem = {"base": base, **static, "activations": acts,
+                           "kernels": int(shapes[0] * shapes[1] * micro / rows)}
+                    mem["peak"] = sum(mem.values())
+                    step_times = [timing.step(_padded(b, lengths, micro)) for b in order]
+                    # optimizer steps: groups of grad_accum batches; the per-step cost once per group
+                    epoch_s = sum(step_times) - timing.per_step * (len(order) - steps_per_epoch)
+                    c = Candidate(method=label, tier=tier + (0.5 if checkpointing else 0), changes=changes,
+                                  micro_batch=0 if micro >= rows else micro, checkpointing=checkpointing,
+                                  max_length=cfg.model.max_length, trainable=trainable, memory=mem,
+                                  accumulation=t.grad_accum * math.ceil(rows / micro),
+                                  step_s=epoch_s / steps_per_epoch, epoch_s=epoch_s, run_s=epoch_s * epochs)
+                    c.fits_memory = mem["peak"] <= memory
+                    c.fits_time = seconds is None or c.run_s <= seconds
+                    candidates.append(c)
+                del trainer, model
+    chosen, why = _recommend(candidates, memory, seconds)
+    settings = {}
+    if chosen is not None:
+        c = candidates[chosen]
+        settings = c.settings()
+        if not c.fits_time and seconds:
+            settings["train.time_budget"] = format_duration(seconds)
+    return {"candidates": [{**asdict(c), "fits": c.fits} for c in candidates], "recommended": chosen, "why": why,
+            "memory_budget": memory, "time_budget": seconds, "base_memory": base, "settings": settings,
+            "epochs": epochs, "steps_per_epoch": steps_per_epoch, "plan_seconds": round(time.perf_counter() - began, 1)}
+
+
+def _fastest(candidates: list[Any], indices: list[int]) -> int:
+    """The fastest of `indices`; within 5% of it, the one with the fewest passes (the largest micro-batch):
+    such a difference is within the timing's noise, and fewer passes use the hardware better."""
+    run = [candidates[i].run_s if isinstance(candidates[i], Candidate) else candidates[i]["run_s"] for i in indices]
+    fastest = min(run)
+    close = [i for i, r in zip(indices, run, strict=True) if r <= 1.05 * fastest]
+
+    def micro(i: int) -> int:
+        c = candidates[i]
+        return (c.micro_batch if isinstance(c, Candidate) else c["micro_batch"]) or 10**9
+
+    return max(close, key=micro)
+
+
+def _recommend(candidates: list[Candidate], memory: int, seconds: float | None) -> tuple[int | None, str]:
+    """The least change that fits: the lowest tier with a candidate fitting both budgets, its fastest; else the
+    fastest that fits memory (the run then ends at the time budget, its learning rate decayed by then)."""
+    fitting = [i for i, c in enumerate(candidates) if c.fits]
+    if fitting:
+        tier = min(candidates[i].tier for i in fitting)
+        best = _fastest(candidates, [i for i in fitting if candidates[i].tier == tier])
+        c = candidates[best]
+        what = "the configured recipe" if tier == 0 else f"{c.method} (the configured recipe does not fit)"
+        return best, f"{what}, fastest micro-batch that fits: {c.micro_batch or 'whole batches'}"
+    in_memory = [i for i, c in enumerate(candidates) if c.fits_memory]
+    if in_memory:
+        best = min(in_memory, key=lambda i: candidates[i].run_s)
+        return best, (f"nothing finishes its epochs within {format_duration(seconds or 0)}: the fastest that fits "
+                      "memory, with train.time_budget set so the run ends at the budget")
+    smallest = min(c.memory["peak"] for c in candidates)
+    return None, (f"nothing fits {format_size(memory)}: the smallest candidate needs {format_size(smallest)}; "
+                  "lower model.max_length or train.batch_size, or use a smaller model")
+
+
+def table(result: dict[str, Any]) -> str:
+    """The plan as text: per recipe, its fastest micro-batch that fits (or its smallest, when none fits)."""
+    rows, shown, cands = [], {}, result["candidates"]
+    for method in dict.fromkeys(c["method"] for c in cands):
+        mine = [i for i, c in enumerate(cands) if c["method"] == method]
+        fit = [i for i in mine if cands[i]["fits"]]
+        shown[method] = _fastest(cands, fit) if fit else min(mine, key=lambda i: cands[i]["memory"]["peak"])
+    if result["recommended"] is not None:
+        shown[result["candidates"][result["recommended"]]["method"]] = result["recommended"]
+    head = f"{'':2}{'recipe':<44}{'micro x acc':>12}{'trainable':>11}{'peak mem':>11}{'step':>8}{'epoch':>9}{'run':>9}  fits"
+    rows.append(head)
+    for i in shown.values():
+        c = result["candidates"][i]
+        micro = f"{c['micro_batch'] or 'all'} x {c['accumulation']}"
+        mark = "*" if i == result["recommended"] else " "
+        fits = "yes" if c["fits"] else ("time" if c["fits_memory"] else "memory")
+        fits = fits if c["fits"] else f"no ({fits})"
+        rows.append(f"{mark} {c['method']:<44}{micro:>12}{c['trainable'] / 1e6:>10.2f}M"
+                    f"{format_size(c['memory']['peak']):>11}{c['step_s']:>7.2f}s{format_duration(round(c['epoch_s'])):>9}"
+                    f"{format_duration(round(c['run_s'])):>9}  {fits}")
+    budget = f"memory budget {format_size(result['memory_budget'])}"
+    if result["time_budget"]:
+        budget += f", time budget {format_duration(result['time_budget'])}"
+    rows.append(f"{budget}; base process {format_size(result['base_memory'])}; "
+                f"{result['epochs']:g} epoch(s) of {result['steps_per_epoch']} steps; planned in {result['plan_seconds']}s")
+    rows.append(f"recommended: {result['why']}" if result["recommended"] is not None else f"no fit: {result['why']}")
+    return "\n".join(rows)
+
+
+def apply_plan(cfg: RunConfig, result: dict[str, Any]) -> RunConfig:
+    """`cfg` with the recommended settings applied (validated again)."""
+    from frugal_lm.config import validate
+
+    if result["recommended"] is None:
+        raise FrugalError(f"frugal plan: {result['why']}")
+    out = copy.deepcopy(cfg)
+    for key, value in result["settings"].items():
+        section, leaf = key.split(".")
+        setattr(getattr(out, section), leaf, value)
+        if key == "train.time_budget":  # the two keys are one budget (config._set_budget)
+            out.train.max_minutes = parse_duration(value) / 60
+    validate(out)
+    return out
+
+
+def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, log: Any,
+               now: int | None = None) -> tuple[int, bool]:
+    """train.memory_budget without `--auto`: the largest micro-batch (then with gradient checkpointing) whose
+    predicted peak fits, for the configured recipe. Measures the activations of one forward pass on the first
+    (longest) batch; nothing is trained. `now`: the process's memory with the model loaded (default: measured).
+    Returns (micro_batch, gradient_checkpointing)."""
+    from frugal_lm.data.batching import EpochBatchSampler
+
+    budget = parse_size(cfg.train.memory_budget)
+    t = cfg.train
+    lengths = task.lengths(task.train_set)
+    order = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
+                              seed=t.seed, max_tokens=t.batch_tokens).batches(0)
+    longest = order[0]
+    rows = max(len(b) for b in order)
+    width = max(lengths[i] for i in longest)
+    batch = task.collator()([task.train_set[i] for i in longest])
+    full = activation_bytes(model, task, batch, precision_autocast)
+    static = static_bytes(model)
+    now = rss_bytes() if now is None else now  # weights are loaded already: counted in the process's memory
+    per_shape, n_shapes = _shape_cache(model, task, order, lengths, precision_autocast)
+    fixed = now + static["gradients"] + static["optimizer"]
+    for checkpointing in (t.gradient_checkpointing, True) if not t.gradient_checkpointing else (True,):
+        for micro in _micro_batches(rows):
+            acts = full * micro / len(longest) + per_shape * n_shapes * micro / rows
+            if checkpointing and not t.gradient_checkpointing:
+                acts = checkpointed_activations(int(acts), model, micro, width)
+            peak = fixed + acts
+            if peak <= budget:
+                log(f"memory budget {format_size(budget)}: micro-batch {micro} rows"
+                    f"{', gradient checkpointing' if checkpointing else ''}: predicted peak {format_size(peak)}")
+                return (0 if micro >= rows else micro), checkpointing
+    raise FrugalError(f"train.memory_budget: {format_size(budget)} is too little for this run: with one row per "
+                      f"pass and gradient checkpointing it needs about "
+                      f"{format_size(fixed + checkpointed_activations(int(full / len(longest)), model, 1, width))}; "
+                      "lower model.max_length, use LoRA or freeze layers, or a smaller model")

@@ -1,0 +1,301 @@
+"""The planner (frugal plan, train --auto), memory budgets, out-of-memory back-off, micro-batches and token-budget
+batches, on tiny real models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_config, sentiment_rows, write_tsv
+from frugal_lm.config import ConfigError, format_size, load_config, parse_size
+
+
+@pytest.mark.parametrize("value, n", [("4GB", 4 * 10**9), ("512MB", 512 * 10**6), ("2GiB", 2 * 2**30),
+                                      ("1.5G", 15 * 10**8), ("1000", 1000), ("", 0), ("0", 0), (None, 0)])
+def test_sizes_parse(value, n):
+    assert parse_size(value) == n
+
+
+@pytest.mark.parametrize("value", ["4 gigs", "-1GB", "GB", "4XB"])
+def test_bad_sizes_name_the_key_and_the_forms(value):
+    with pytest.raises(ConfigError, match=r"train.memory_budget: expected a memory size such as 4GB"):
+        parse_size(value)
+
+
+def test_a_bad_memory_budget_fails_when_the_config_loads():
+    with pytest.raises(ConfigError, match="train.memory_budget"):
+        load_config(sets=["train.memory_budget=lots"])
+    assert format_size(1.5e9) == "1.5 GB"
+
+
+@pytest.fixture(scope="module")
+def long_files(tmp_path_factory):
+    """A toy set with more rows, so batches of 16 split into several micro-batches."""
+    folder = tmp_path_factory.mktemp("plan_data")
+    return (write_tsv(folder / "train.tsv", sentiment_rows(96, seed=3)),
+            write_tsv(folder / "dev.tsv", sentiment_rows(16, seed=4)))
+
+
+@pytest.fixture(scope="module")
+def planned(tiny_encoder_dir, long_files, tmp_path_factory):
+    from frugal_lm.plan import plan
+
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path_factory.mktemp("p") / "run", batch_size=16,
+                      epochs=2, precision="fp32")
+    return cfg, plan(cfg, memory=10**12, reps=1)
+
+
+def _by(result, method, micro=0, checkpointing=False):
+    return next(c for c in result["candidates"] if c["method"] == method and c["micro_batch"] == micro
+                and c["checkpointing"] == checkpointing)
+
+
+def test_the_plan_counts_weights_gradients_and_optimizer_exactly(planned):
+    cfg, result = planned
+    full, lora = _by(result, "full fine-tune"), _by(result, "LoRA r=8")
+    # fp32: 4 bytes per trainable value for its gradient, 8 for AdamW's two moments
+    assert full["memory"]["gradients"] == 4 * full["trainable"]
+    assert full["memory"]["optimizer"] == 8 * full["trainable"]
+    assert lora["trainable"] < full["trainable"] / 2
+    frozen = _by(result, "as configured")  # classify freezes the embeddings by default
+    assert frozen["trainable"] < full["trainable"]
+    assert result["base_memory"] > 0 and all(c["memory"]["weights"] >= full["memory"]["weights"] * 0.99
+                                             for c in result["candidates"] if c["method"] != "LoRA r=8")
+
+
+def test_smaller_micro_batches_predict_less_memory_and_more_passes(planned):
+    _, result = planned
+    rows = [c for c in result["candidates"] if c["method"] == "full fine-tune" and not c["checkpointing"]]
+    rows.sort(key=lambda c: c["micro_batch"] or 10**9, reverse=True)
+    acts = [c["memory"]["activations"] for c in rows]
+    assert len(rows) >= 4 and acts == sorted(acts, reverse=True) and acts[0] > 4 * acts[-1]
+    assert [c["accumulation"] for c in rows] == sorted(c["accumulation"] for c in rows)
+    assert rows[0]["accumulation"] == 1 and rows[1]["micro_batch"] == 8 and rows[1]["accumulation"] == 2
+
+
+def test_activations_are_measured_and_scale_with_the_rows(tiny_encoder_dir, long_files, tmp_path):
+    from contextlib import nullcontext
+
+    from frugal_lm.engine.run import build_model, prepare_task
+    from frugal_lm.plan import activation_bytes
+
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", precision="fp32")
+    task, resolved = prepare_task(cfg)
+    model = build_model(cfg, task, resolved)
+    collate = task.collator()
+    width = 12
+    rows = [e for e in task.train_set if len(e["input_ids"]) <= width]
+    same = [dict(e, input_ids=(e["input_ids"] + [0] * width)[:width], attention_mask=[1] * width) for e in rows]
+    eight, sixteen = (activation_bytes(model, task, collate(same[:n]), nullcontext) for n in (8, 16))
+    assert eight > 0 and sixteen == pytest.approx(2 * eight, rel=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # measuring trains nothing
+
+
+def test_the_recommendation_fits_its_memory_budget_with_the_least_change(planned):
+    from frugal_lm.plan import Candidate, _recommend
+
+    cfg, result = planned
+    cands = [Candidate(**{k: v for k, v in c.items() if k != "fits"}) for c in result["candidates"]]
+    configured = [c for c in cands if c.method == "as configured"]
+    whole = next(c for c in configured if c.micro_batch == 0)
+    smallest = min(c.memory["peak"] for c in configured)
+    budget = (whole.memory["peak"] + smallest) // 2  # the configured recipe fits only in smaller micro-batches
+    for c in cands:
+        c.fits_memory = c.memory["peak"] <= budget
+    chosen, why = _recommend(cands, budget, None)
+    pick = cands[chosen]
+    assert pick.method == "as configured" and 0 < pick.micro_batch < 16 and pick.memory["peak"] <= budget
+    assert "configured recipe" in why
+    # below every configured candidate: another recipe, still within the budget
+    budget = smallest - 1
+    for c in cands:
+        c.fits_memory = c.memory["peak"] <= budget
+    chosen, why = _recommend(cands, budget, None)
+    if chosen is not None:
+        assert cands[chosen].method != "as configured" and cands[chosen].memory["peak"] <= budget
+    else:
+        assert "nothing fits" in why
+
+
+def test_a_time_budget_that_nothing_meets_sets_the_budget_in_the_config(planned):
+    from frugal_lm.plan import Candidate, _recommend, apply_plan
+
+    cfg, result = planned
+    cands = [Candidate(**{k: v for k, v in c.items() if k != "fits"}) for c in result["candidates"]]
+    for c in cands:
+        c.fits_time = False
+    chosen, why = _recommend(cands, 10**12, 1.0)
+    assert cands[chosen].run_s == min(c.run_s for c in cands if c.micro_batch == cands[chosen].micro_batch
+                                      or True) or "fastest" in why
+    out = apply_plan(cfg, {**result, "recommended": chosen, "settings": {**cands[chosen].settings(),
+                                                                        "train.time_budget": "1s"}})
+    assert out.train.time_budget == "1s" and out.train.max_minutes == pytest.approx(1 / 60)
+
+
+def test_plan_cli_writes_a_config_that_loads(tiny_encoder_dir, sentiment_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from frugal_lm.cli import _register_plugins, app
+
+    _register_plugins()
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", precision="fp32")
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    res = CliRunner().invoke(app, ["plan", str(tmp_path / "c.yaml"), "--memory", "100GB", "--reps", "1",
+                                   "--write", str(tmp_path / "planned.yaml"), "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    chosen = result["candidates"][result["recommended"]]
+    assert chosen["method"] == "as configured" and chosen["fits"]
+    written = load_config(tmp_path / "planned.yaml")
+    assert written.train.micro_batch == chosen["micro_batch"]
+    assert written.train.gradient_checkpointing == chosen["checkpointing"]
+    # a budget nothing fits: a clear error, exit 2
+    res = CliRunner().invoke(app, ["plan", str(tmp_path / "c.yaml"), "--memory", "1MB", "--reps", "1"])
+    assert res.exit_code != 0 and "nothing fits 1 MB" in str(res.exception)
+
+
+def test_train_auto_records_the_plan_beside_the_measured_run(tiny_encoder_dir, sentiment_files, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", precision="fp32", epochs=1)
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    res = subprocess.run([sys.executable, "-m", "frugal_lm", "train", str(tmp_path / "c.yaml"), "--auto", "-q",
+                          "--memory-budget", "50GB"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "recommended:" in res.stderr
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["plan"]["recipe"] == "as configured"
+    assert summary["plan"]["predicted_peak_memory_bytes"] > 0 and summary["peak_memory_bytes"] > 0
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["memory_budget"] == 50 * 10**9
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.train.memory_budget == "50GB"
+
+
+def test_a_memory_budget_chooses_a_smaller_micro_batch(tiny_encoder_dir, long_files, tmp_path):
+    from contextlib import nullcontext
+
+    from frugal_lm.engine.run import build_model, prepare_task
+    from frugal_lm.plan import activation_bytes, fit_memory, rss_bytes, static_bytes
+
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", batch_size=16, precision="fp32")
+    task, resolved = prepare_task(cfg)
+    model = build_model(cfg, task, resolved)
+    lines = []
+    cfg.train.memory_budget = "1000GB"
+    assert fit_memory(cfg, task, model, nullcontext, lines.append, now=10**6) == (0, False)
+    static = static_bytes(model)
+    now = rss_bytes()  # the process's memory, fixed for the test (it moves by more than a tiny model's needs)
+    fixed = now + static["gradients"] + static["optimizer"]
+    from frugal_lm.data.batching import EpochBatchSampler
+
+    order = EpochBatchSampler(task.lengths(task.train_set), 16, seed=0).batches(0)
+    acts = activation_bytes(model, task, task.collator()([task.train_set[i] for i in order[0]]), nullcontext)
+    cfg.train.memory_budget = str(int(fixed + acts * 0.6))  # room for about half the batch's activations
+    micro, checkpointing = fit_memory(cfg, task, model, nullcontext, lines.append, now=now)
+    assert 0 < micro < 16 and not checkpointing and "micro-batch" in lines[-1]
+    cfg.train.memory_budget = "1MB"
+    with pytest.raises(Exception, match=r"train.memory_budget: 1 MB is too little"):
+        fit_memory(cfg, task, model, nullcontext, lines.append, now=now)
+
+
+def test_split_batches_keep_every_row_and_trim_padding():
+    from frugal_lm.engine.trainer import split_batch
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0], [5, 0, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.tensor([1, 0, 1])}
+    pieces = split_batch(batch, 2)
+    assert [p["input_ids"].shape for p in pieces] == [(2, 4), (1, 1)]
+    assert torch.equal(torch.cat([p["labels"] for p in pieces]), batch["labels"])
+    assert torch.equal(pieces[1]["input_ids"], torch.tensor([[5]]))
+    assert split_batch(batch, 0) == [batch] and split_batch(batch, 3) == [batch]
+
+
+class _OomOver:
+    """Wraps a task's loss: a batch of more than `rows` rows raises CUDA's out-of-memory error, as a GPU would."""
+
+    def __init__(self, task, rows):
+        self.task, self.rows, self.raised = task, rows, 0
+        self._loss = task.loss
+
+    def __call__(self, model, batch):
+        if batch["input_ids"].shape[0] > self.rows:
+            self.raised += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self._loss(model, batch)
+
+
+def _train_steps(model_dir, files, out, micro, oom_rows=None, steps=6):
+    from frugal_lm.engine.run import _build
+    from frugal_lm.engine.trainer import Trainer
+
+    cfg = make_config(model_dir, files, out, batch_size=8, precision="fp32", micro_batch=micro, max_steps=steps,
+                      eval_every=0)
+    torch.manual_seed(0)
+    task, model = _build(cfg)
+    trap = None
+    if oom_rows is not None:
+        trap = _OomOver(task, oom_rows)
+        task.loss = trap
+    out.mkdir(parents=True)
+    trainer = Trainer(model, task, task.train_set, task.collator(), cfg.train, out)
+    trainer.fit(has_eval=False, progress=False)
+    return trainer, trap
+
+
+def test_out_of_memory_halves_the_micro_batch_and_retries_the_same_step(tiny_encoder_nodrop_dir, long_files,
+                                                                       tmp_path):
+    trainer, trap = _train_steps(tiny_encoder_nodrop_dir, long_files, tmp_path / "a", micro=0, oom_rows=4)
+    # batches of 8 rows fail, 4 fit: one back-off, at the first step, and micro-batches of 4 from then on
+    assert trap.raised == 1 and trainer.micro_batch == 4 and trainer.state.back_offs == 1
+    assert trainer.state.step == 6
+    log = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in log if r["type"] == "back_off"] == [{"type": "back_off", "step": 1, "micro_batch": 4}]
+    # the same examples and gradients as a run that used micro-batches of 4 from the start: the failed
+    # attempt's partial gradients were dropped and no example was skipped
+    reference, _ = _train_steps(tiny_encoder_nodrop_dir, long_files, tmp_path / "b", micro=4)
+    got, want = trainer.model.state_dict(), reference.model.state_dict()
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    whole, _ = _train_steps(tiny_encoder_nodrop_dir, long_files, tmp_path / "c", micro=0)
+    assert all(torch.allclose(whole.model.state_dict()[k], want[k], atol=1e-5) for k in want)  # same gradients
+
+
+def test_out_of_memory_at_one_row_is_a_clear_error(tiny_encoder_nodrop_dir, long_files, tmp_path):
+    from frugal_lm.errors import FrugalError
+
+    with pytest.raises(FrugalError, match=r"step 1: out of memory .*a single row does not fit: lower "
+                                          r"train.batch_size"):
+        _train_steps(tiny_encoder_nodrop_dir, long_files, tmp_path / "a", micro=0, oom_rows=0)
+
+
+def test_token_budget_batches_hold_at_most_n_tokens_and_every_example_once():
+    import random
+
+    from frugal_lm.data.batching import EpochBatchSampler
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 60) for _ in range(500)]
+    sampler = EpochBatchSampler(lengths, batch_size=32, seed=1, max_tokens=1024)
+    for epoch in (0, 1):
+        batches = sampler.batches(epoch)
+        assert sorted(i for b in batches for i in b) == list(range(500))
+        assert all(len(b) * max(lengths[i] for i in b) <= 1024 for b in batches)
+        assert sampler.batches(epoch) == batches  # a pure function of (seed, epoch): resume stays exact
+    rows = [len(b) for b in sampler.batches(0)]
+    assert max(rows) > 32  # rows are not capped at batch_size: short sentences fill a batch's tokens
+    assert sampler.batches(0) != sampler.batches(1)
+
+
+def test_batch_tokens_trains_and_rejects_a_balanced_sampler(tiny_encoder_dir, sentiment_files, tmp_path):
+    from frugal_lm.engine.run import train
+
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", batch_tokens=64, precision="fp32",
+                      epochs=1)
+    summary = train(cfg, progress=False)
+    assert summary["stopped"] == "completed" and summary["steps"] >= 48 * 5 // 64
+    with pytest.raises(ConfigError, match="train.batch_tokens and train.balanced_sampler"):
+        load_config(sets=["train.batch_tokens=512", "train.balanced_sampler=true"])
