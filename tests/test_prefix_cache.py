@@ -247,3 +247,41 @@ def test_reasons_when_the_cache_cannot_be_used():
     installed = frozen(tiny())
     PrefixCache(installed, layers=FROZEN)
     assert "already installed" in prefix_cache_supported(installed, FROZEN)
+
+
+def test_train_cache_prefix_gives_the_uncached_run_and_exports_a_plain_model(tiny_encoder_nodrop_dir,
+                                                                              sentiment_files, tmp_path):
+    """The engine with train.cache_prefix: the same weights as without it (no dropout anywhere, so the cached
+    prefix in eval mode is the uncached prefix), a hit for every example after the first epoch, and a model/
+    folder that plain transformers loads."""
+    import json
+
+    import transformers
+
+    from conftest import make_config
+    from frugal_lm.engine.run import train
+
+    runs = {}
+    for cached in (False, True):
+        cfg = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / f"run{cached}", epochs=3,
+                          freeze_embeddings=True, freeze_layers=1, cache_prefix=cached, precision="fp32")
+        runs[cached] = train(cfg, progress=False)
+    stats = runs[True]["prefix_cache"]
+    assert stats["entries"] >= 48 and stats["hits"] >= 2 * 48  # epochs 2 and 3 (and evaluations) all hits
+    a = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "runFalse" / "model"))
+    b = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "runTrue" / "model"))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-5), name
+    metrics = json.loads((tmp_path / "runTrue" / "metrics.json").read_text())
+    assert metrics["best"]["accuracy"] == pytest.approx(runs[False]["best"]["accuracy"])
+
+
+def test_train_cache_prefix_without_frozen_layers_is_a_clear_error(tiny_encoder_dir, sentiment_files, tmp_path):
+    from conftest import make_config
+    from frugal_lm.engine.run import train
+    from frugal_lm.errors import FrugalError
+
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", cache_prefix=True)
+    with pytest.raises(FrugalError, match=r"train.cache_prefix: needs train.freeze_embeddings=true and "
+                                          r"train.freeze_layers N > 0"):
+        train(cfg, progress=False)

@@ -113,10 +113,10 @@ def train(
         if resume:
             raise FrugalError("--auto and --resume: a resumed run keeps the recipe it was planned with")
         from frugal_lm.engine.trainer import Trainer
-        from frugal_lm.plan import apply_plan, plan, table
+        from frugal_lm.plan import apply_plan, plan_in_child, table
 
         began = Trainer.clock()
-        planned = plan(cfg)
+        planned = plan_in_child(cfg)
         typer.echo(table(planned), err=True)
         cfg = apply_plan(cfg, planned)
     summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet,

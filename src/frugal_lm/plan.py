@@ -204,13 +204,13 @@ def _micro_batches(batch_size: int) -> list[int]:
 
 
 class _Timing:
-    """Seconds of a step as `per_step + Σ (per_pass + per_token x padded tokens)` over its passes."""
+    """Seconds of a step at one micro-batch size: `per_step + per_token x padded tokens` (over its passes)."""
 
-    def __init__(self, per_step: float, per_pass: float, per_token: float):
-        self.per_step, self.per_pass, self.per_token = per_step, per_pass, per_token
+    def __init__(self, per_step: float, per_token: float):
+        self.per_step, self.per_token = per_step, per_token
 
     def step(self, passes: list[int]) -> float:
-        return self.per_step + sum(self.per_pass + self.per_token * t for t in passes)
+        return self.per_step + self.per_token * sum(passes)
 
 
 def _padded(rows: list[int], lengths: list[int], micro: int) -> list[int]:
@@ -222,84 +222,77 @@ def _padded(rows: list[int], lengths: list[int], micro: int) -> list[int]:
     return out
 
 
-def _measure(trainer: Any, task: Any, order: list[list[int]], lengths: list[int], batch_size: int,
-             reps: int) -> _Timing:
-    """Time real steps of `trainer` (its own _step) and fit the step model. The first batch is the longest."""
+def _measure(trainer: Any, order: list[list[int]], lengths: list[int], micro: int, reps: int) -> _Timing:
+    """Time real steps of `trainer` (its own _step) at micro-batches of `micro` rows (0: whole batches) on the
+    epoch's longest, a middling and a short batch, and fit seconds = per step + per token x padded tokens.
+
+    Each micro-batch size is timed, not extrapolated: a pass costs a fixed overhead (Python, kernel launches) that
+    least squares over a few batches cannot tell from the step's, and at 8 passes per batch it was measured to
+    be most of the step. The fastest of `reps` repetitions counts: a shared machine's noise only adds time."""
     import numpy as np
+    from scipy.optimize import nnls
 
     tokens = [len(b) * max(lengths[i] for i in b) for b in order]
     by_size = sorted(range(len(order)), key=lambda k: tokens[k])
     picks = sorted({0, by_size[len(by_size) // 2], by_size[max(0, len(by_size) // 10)]})
     batches = {k: trainer._collate(order[k], 0, k) for k in picks}
+    trainer.micro_batch = micro
     for k in (0, by_size[len(by_size) // 2]):  # warm-up: the largest allocations, kernels' first calls
         trainer._step([batches[k]])
-    points: dict[tuple[int, int], tuple[tuple[float, float, float], float]] = {}
+    best: dict[int, float] = {}
     for _ in range(reps):
         for k in picks:
-            # whole batches, and the longest one in 2 and 4 passes: that separates the per-pass cost (Python,
-            # kernel launches) from the per-token one, which decides how small a micro-batch may be
-            for split in ((0, 2, 4) if k == 0 and len(order[0]) > 3 else (0,)):
-                trainer.micro_batch = -(-len(order[k]) // split) if split else 0
-                passes = _padded(order[k], lengths, trainer.micro_batch)
-                began = time.perf_counter()
-                trainer._step([batches[k]])
-                took = time.perf_counter() - began
-                # the fastest of the repetitions: a shared machine's noise only ever adds time
-                if (k, split) not in points or took < points[(k, split)][1]:
-                    points[(k, split)] = ((1.0, float(len(passes)), float(sum(passes))), took)
+            began = time.perf_counter()
+            trainer._step([batches[k]])
+            best[k] = min(best.get(k, float("inf")), time.perf_counter() - began)
     trainer.micro_batch = 0
-    xs = [x for x, _ in points.values()]
-    ys = [y for _, y in points.values()]
-    # least squares with non-negative costs: on a noisy machine plain least squares can return a negative
-    # per-pass cost, which would make one-row micro-batches look fastest
-    from scipy.optimize import nnls
-
-    coef, _ = nnls(np.array(xs), np.array(ys))
-    per_step, per_pass, per_token = (float(c) for c in coef)
+    xs = np.array([[1.0, float(sum(_padded(order[k], lengths, micro)))] for k in best])
+    ys = np.array(list(best.values()))
+    (per_step, per_token), _ = nnls(xs, ys)  # non-negative: noise must not make a cost negative
     if per_token <= 0:
-        per_token = sum(ys) / sum(x[2] for x in xs)
-    return _Timing(per_step, per_pass, per_token)
+        per_step, per_token = 0.0, float(ys.sum() / xs[:, 1].sum())
+    return _Timing(float(per_step), float(per_token))
 
 
 def _shape_cache(model: Any, task: Any, order: list[list[int]], lengths: list[int], autocast: Any,
-                 probes: int = 8) -> tuple[float, int]:
-    """What each new batch shape adds to the process's memory, and how many shapes the epoch has.
+                 limit: int = 64, micro: int = 0) -> tuple[float, int]:
+    """What the epoch's batch shapes add to the process's memory beyond its activations: (bytes, shapes).
 
     A CPU run's memory grows with every new (rows, width) its matrix products meet: oneDNN keeps a primitive,
-    with its scratch memory, for each shape (up to its cache of 1024 primitives); measured here on SST-2 with
-    MiniLM in bf16, +550 MB over an epoch of ~60 widths, +150 MB in fp32; with the cache capped at 8
-    primitives most of it goes, and the steps run 15% slower, so frugal keeps the cache and counts it. Measured
-    by forward and backward passes (gradients dropped, no update) on `probes` batches of widths not yet seen;
-    0 on a GPU (its caching allocator is measured by the peak it reports)."""
+    with its scratch memory, for each shape (up to its cache of 1,024 primitives), and the allocator keeps what
+    differently sized activations leave behind. Measured on SST-2 with MiniLM in bf16: +550 MB over an epoch of
+    ~60 widths; with oneDNN's cache capped at 8 primitives most of it goes and the steps run 15% slower, so frugal
+    keeps the cache and counts it. Measured here: a forward and backward pass (gradients dropped, no update) on one
+    batch of each of up to `limit` shapes of the epoch, the process's growth over them (scaled up when the epoch
+    has more shapes). 0 on a GPU (its caching allocator is measured by the peak it reports)."""
     import torch
 
-    shapes = {(len(b), max(lengths[i] for i in b)) for b in order}
-    if torch.cuda.is_available():
-        return 0.0, len(shapes)
-    seen = {(len(b), max(lengths[i] for i in b)) for b in order[:1]}
-    fresh, widths = [], set()
+    widths: dict[tuple[int, int], int] = {}
     for k, b in enumerate(order):
-        shape = (len(b), max(lengths[i] for i in b))
-        if shape not in seen and shape[1] not in widths and len(b) == len(order[0]):
-            fresh.append(k)
-            widths.add(shape[1])
-    picks = fresh[:: max(1, len(fresh) // probes)][:probes]
-    if not picks:
-        return 0.0, len(shapes)
+        widths.setdefault((min(len(b), micro or len(b)), max(lengths[i] for i in b[:micro or len(b)])), k)
+    if torch.cuda.is_available() or len(widths) <= 1:
+        return 0.0, len(widths)
+    picks = list(widths.values())
+    picks = picks[:: max(1, -(-len(picks) // limit))]
     collate = task.collator()
-    batches = [collate([task.train_set[i] for i in order[k]]) for k in picks]
     model.train()
-    before = rss_bytes()
-    for batch in batches:
+
+    def run(batch: dict[str, Any]) -> None:
         with autocast():
             loss, _ = task.loss(model, batch)
         loss.backward()
         model.zero_grad(set_to_none=True)  # nothing is trained
-    return max(0.0, (rss_bytes() - before) / len(picks)), len(shapes)
+
+    run(collate([task.train_set[i] for i in order[0][:micro or len(order[0])]]))  # the activations' own peak
+    before = rss_bytes()
+    for k in picks:
+        run(collate([task.train_set[i] for i in order[k][:micro or len(order[k])]]))
+    return max(0.0, (rss_bytes() - before) * len(widths) / len(picks)), len(widths)
 
 
 def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None, reps: int = 2,
-         log: Any = None, prepared: tuple[Any, Any] | None = None, only_configured: bool = False) -> dict[str, Any]:
+         log: Any = None, prepared: tuple[Any, Any] | None = None, only_configured: bool = False,
+         kernel_probe: bool = True, base_memory: int | None = None) -> dict[str, Any]:
     """Measure the candidates for `cfg` and recommend one.
 
     Args:
@@ -310,6 +303,10 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         log: a print-like callable for progress lines.
         prepared: (task, resolved model) already prepared for cfg.
         only_configured: compare micro-batches and checkpointing of the configured recipe only (quicker).
+        kernel_probe: measure what loading the weights and the epoch's batch shapes add to the process (see
+            _shape_cache); off, the weights count their tensors' bytes and the shapes 0 (tests of the arithmetic, on
+            models whose needs are smaller than the process's noise).
+        base_memory: the process's memory before the model is loaded (default: this process's, measured).
 
     Returns:
         {"candidates": [Candidate as dicts], "recommended": index or None, "why": text, "memory_budget",
@@ -331,10 +328,13 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     began = time.perf_counter()
     with quiet_transformers():
         task, resolved = prepared or prepare_task(cfg)
-        base = rss_bytes()  # the process a run starts as: libraries, tokenizer, the encoded data
+        # the process a run starts as: libraries, tokenizer, the encoded data
+        before = rss_bytes()
+        base = before if base_memory is None else base_memory
         torch.manual_seed(cfg.train.seed)
         pristine = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
-        loaded = rss_bytes() - base  # the weights as loading leaves them (mapped files, copies), measured
+        # the weights as loading leaves them (mapped files, copies), measured
+        loaded = rss_bytes() - before if kernel_probe else 0
     lengths = task.lengths(task.train_set)
     t = cfg.train
     sampler = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
@@ -347,7 +347,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     rows = max(len(b) for b in order)
     n_layers = _n_layers(pristine)
     candidates: list[Candidate] = []
-    shapes: tuple[float, int] | None = None  # (bytes per batch shape, shapes in the epoch), measured once
+    kernels: dict[int, float] = {}  # micro-batch -> bytes the epoch's shapes add, measured once (all recipes)
     with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
         for name, tier, changes in _methods(cfg, n_layers)[:1 if only_configured else None]:
             variant = _apply(cfg, changes)
@@ -363,23 +363,31 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                 model = trainer.model
                 static = static_bytes(model)
                 static["weights"] = max(static["weights"], loaded)
-                full_batch = trainer._collate(longest, 0, 0)
-                saved = activation_bytes(model, task, full_batch, trainer.accelerator.autocast)
-                timing = _measure(trainer, task, order, lengths, t.batch_size, reps)
-                if shapes is None:
-                    shapes = _shape_cache(model, task, order, lengths, trainer.accelerator.autocast)
+                saved = activation_bytes(model, task, trainer._collate(longest, 0, 0), trainer.accelerator.autocast)
                 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 label = name + (" + checkpointing" if checkpointing else "")
-                log(f"plan: {label}: {trainable / 1e6:.2f}M trainable; step {timing.per_step * 1e3:.0f} ms + "
-                    f"{timing.per_pass * 1e3:.0f} ms per pass + {timing.per_token * 1e6:.0f} us per token; "
-                    f"{time.perf_counter() - began:.0f}s so far")
+                memory_of = {}
                 for micro in _micro_batches(rows):
                     # saved activations scale with the rows of a pass (its width is the longest batch's)
                     acts = int(saved * micro / len(longest))
                     if checkpointing:  # the hooks do not see the layer inputs that checkpointing keeps
                         acts += checkpointed_activations(0, model, micro, width)
-                    mem = {"base": base, **static, "activations": acts,
-                           "kernels": int(shapes[0] * shapes[1] * micro / rows)}
+                    memory_of[micro] = {"base": base, **static, "activations": acts}
+                # time whole batches, and the largest micro-batch that fits memory when whole ones do not
+                timed = [rows]
+                for micro in _micro_batches(rows):
+                    if micro not in kernels:  # the process's growth over the epoch's shapes at this micro-batch
+                        kernels[micro] = _shape_cache(model, task, order, lengths, trainer.accelerator.autocast,
+                                                      micro=micro)[0] if kernel_probe else 0.0
+                    memory_of[micro]["kernels"] = int(kernels[micro])
+                    if sum(memory_of[micro].values()) <= memory:
+                        if micro != rows:
+                            timed.append(micro)
+                        break
+                for micro in timed:
+                    timing = _measure(trainer, order, lengths, 0 if micro >= rows else micro, reps)
+                    mem = dict(memory_of[micro])
+                    mem.setdefault("kernels", int(kernels.get(micro, 0)))
                     mem["peak"] = sum(mem.values())
                     step_times = [timing.step(_padded(b, lengths, micro)) for b in order]
                     # optimizer steps: groups of grad_accum batches; the per-step cost once per group
@@ -392,6 +400,9 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                     c.fits_memory = mem["peak"] <= memory
                     c.fits_time = seconds is None or c.run_s <= seconds
                     candidates.append(c)
+                    log(f"plan: {label}, micro-batch {micro}: {trainable / 1e6:.2f}M trainable, peak "
+                        f"{format_size(mem['peak'])}, {c.step_s:.2f}s per step ({time.perf_counter() - began:.0f}s "
+                        "so far)")
                 del trainer, model
     chosen, why = _recommend(candidates, memory, seconds)
     settings = {}
@@ -504,11 +515,11 @@ def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, l
     full = activation_bytes(model, task, batch, precision_autocast)
     static = static_bytes(model)
     now = rss_bytes() if now is None else now  # weights are loaded already: counted in the process's memory
-    per_shape, n_shapes = _shape_cache(model, task, order, lengths, precision_autocast)
+    kernels, _ = _shape_cache(model, task, order, lengths, precision_autocast)
     fixed = now + static["gradients"] + static["optimizer"]
     for checkpointing in (t.gradient_checkpointing, True) if not t.gradient_checkpointing else (True,):
         for micro in _micro_batches(rows):
-            acts = full * micro / len(longest) + per_shape * n_shapes * micro / rows
+            acts = full * micro / len(longest) + kernels
             if checkpointing and not t.gradient_checkpointing:
                 acts = checkpointed_activations(int(acts), model, micro, width)
             peak = fixed + acts
@@ -520,3 +531,20 @@ def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, l
                       f"pass and gradient checkpointing it needs about "
                       f"{format_size(fixed + checkpointed_activations(int(full / len(longest)), model, 1, width))}; "
                       "lower model.max_length, use LoRA or freeze layers, or a smaller model")
+
+
+def plan_in_child(cfg: RunConfig) -> dict[str, Any]:
+    """`plan(cfg)` in a child process (`frugal plan --json`): the planner's models, copies and kernel caches then
+    leave the training process as it would be without them, so its measured peak is the one predicted."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
+        path = f"{tmp}/config.yaml"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(cfg.to_yaml())
+        out = subprocess.run([sys.executable, "-m", "frugal_lm", "plan", path, "--json"], stdout=subprocess.PIPE,
+                             stderr=None, text=True)
+    if out.returncode not in (0, 2) or not out.stdout.strip():
+        raise FrugalError(f"train --auto: planning failed (exit {out.returncode}; its messages are above)")
+    return json.loads(out.stdout)

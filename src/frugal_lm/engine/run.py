@@ -184,6 +184,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         micro, checkpointing = fit_memory(cfg, task, model, _autocast(precision), _log)
         train_cfg = dataclasses.replace(train_cfg, micro_batch=micro,
                                         gradient_checkpointing=checkpointing or train_cfg.gradient_checkpointing)
+    cache = _prefix_cache(cfg, model) if train_cfg.cache_prefix else None
     trainer = Trainer(model, task, task.train_set, task.collator(), train_cfg, run_dir,
                       group=(saved or {}).get("group") or None)
     if saved and saved.get("processes", 1) != trainer.accelerator.num_processes and ps.is_main_process:
@@ -259,6 +260,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     if summary["mfu"] is not None:
         _log(f"MFU {summary['mfu']:.1%}: {summary['model_flops_per_s'] / 1e9:.1f} GFLOP/s of model work against "
              f"a measured matmul peak of {summary['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({summary['precision']})")
+    if cache is not None:  # before the export: the model goes out exactly as transformers built it
+        summary["prefix_cache"] = cache.stats()
+        cache.remove()
+        _log(f"prefix cache: {summary['prefix_cache']['hits']} hits, {summary['prefix_cache']['misses']} misses, "
+             f"{summary['prefix_cache']['bytes'] / 1e6:.0f} MB")
     if not trainer.export_current:
         trainer.load_best()
     from frugal_lm.engine.inference import local_only
@@ -279,6 +285,23 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     if state.stopped != "time budget":  # a budget stop may be resumed; keep the best weights for it
         (run_dir / "best.safetensors").unlink(missing_ok=True)
     return summary
+
+
+def _prefix_cache(cfg: RunConfig, model: Any) -> Any:
+    """train.cache_prefix: the frozen embeddings and first train.freeze_layers layers run once per example
+    (engine/prefix_cache.py), within a quarter of train.memory_budget or of the memory available."""
+    from frugal_lm.config import parse_size
+    from frugal_lm.engine.prefix_cache import PrefixCache, prefix_cache_supported
+    from frugal_lm.plan import available_memory
+
+    n = cfg.train.freeze_layers
+    why = ("needs train.freeze_embeddings=true and train.freeze_layers N > 0" if not n else
+           prefix_cache_supported(model, n))
+    if why:
+        raise FrugalError(f"train.cache_prefix: {why}")
+    cap = (parse_size(cfg.train.memory_budget) or available_memory()) // 4
+    _log(f"prefix cache: embeddings and the first {n} layers run once per example (up to {cap / 1e9:.1f} GB)")
+    return PrefixCache(model, layers=n, max_bytes=cap)
 
 
 def _autocast(precision: str) -> Any:
