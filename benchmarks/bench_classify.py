@@ -38,10 +38,15 @@ VARIANTS = {
     "frugal, random batches": {"group_by_length": False},
     "frugal, embeddings trained": {"freeze_embeddings": False},
     "frugal, random batches + embeddings trained": {"group_by_length": False, "freeze_embeddings": False},
+    # the frozen-prefix cache (issue 10): what freezing N layers costs in accuracy, and what the cache saves
+    "frugal, 2 layers frozen": {"freeze_layers": 2},
+    "frugal, 2 layers frozen + prefix cache": {"freeze_layers": 2, "cache_prefix": True},
+    "frugal, 3 layers frozen": {"freeze_layers": 3},
+    "frugal, 3 layers frozen + prefix cache": {"freeze_layers": 3, "cache_prefix": True},
 }
 
 
-def run_frugal(rows: int, seed: int, variant: str = "frugal") -> dict:
+def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1) -> dict:
     from frugal_lm.config import load_config
     from frugal_lm.engine.run import train
 
@@ -51,7 +56,7 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal") -> dict:
         cfg = load_config(overrides={
             "output": str(Path(tmp) / "run"), "model": {"name": "minilm", "max_length": 64},
             "data": {"train": str(train_file), "eval": str(DEV), "text_column": "sentence"},
-            "train": {"epochs": 1, "batch_size": 32, "seed": seed, **VARIANTS[variant]},
+            "train": {"epochs": epochs, "batch_size": 32, "seed": seed, **VARIANTS[variant]},
         })
         t0 = time.perf_counter()
         summary = train(cfg, progress=False)
@@ -61,7 +66,7 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal") -> dict:
             "trainable_parameters": summary["trainable_parameters"]}
 
 
-def run_hf(rows: int, seed: int) -> dict:
+def run_hf(rows: int, seed: int, epochs: float = 1) -> dict:
     import transformers
     from transformers import (
         AutoModelForSequenceClassification,
@@ -92,7 +97,7 @@ def run_hf(rows: int, seed: int) -> dict:
 
     train_ds, dev_ds = DS(*_read(TRAIN, rows)), DS(*_read(DEV, None))
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, num_train_epochs=1, per_device_train_batch_size=32,
+        args = TrainingArguments(output_dir=tmp, num_train_epochs=epochs, per_device_train_batch_size=32,
                                  per_device_eval_batch_size=128, learning_rate=5e-5, seed=seed,
                                  report_to=[], save_strategy="no", logging_strategy="no",
                                  disable_tqdm=True, use_cpu=True)
@@ -107,8 +112,8 @@ def run_hf(rows: int, seed: int) -> dict:
             "dev_accuracy": accuracy, "wall_seconds": train_seconds}
 
 
-def child(which: str, rows: int, seed: int) -> None:
-    result = run_hf(rows, seed) if which == "hf" else run_frugal(rows, seed, which)
+def child(which: str, rows: int, seed: int, epochs: float) -> None:
+    result = run_hf(rows, seed, epochs) if which == "hf" else run_frugal(rows, seed, which, epochs)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -118,32 +123,39 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--variants", default="", help="frugal variants to run besides the default, comma-separated "
+                    "names of VARIANTS (the --ablation ones are the first three)")
     ap.add_argument("--child", choices=["hf", *VARIANTS], help=argparse.SUPPRESS)
     ap.add_argument("--ablation", action="store_true",
                     help="also run frugal with each default saver turned off, to show what each one gains")
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.rows, a.seed)
+        child(a.child, a.rows, a.seed, a.epochs)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
-    runs = ["hf", *VARIANTS] if a.ablation else ["hf", "frugal"]
+    runs = ["hf", *list(VARIANTS)[:4]] if a.ablation else ["hf", "frugal"]
+    runs += [v for v in a.variants.split(",") if v and v not in runs]
     for which in runs:
         proc = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(a.rows),
-                               "--seed", str(a.seed)], capture_output=True, text=True, env=env)
+                               "--seed", str(a.seed), "--epochs", str(a.epochs)], capture_output=True, text=True,
+                              env=env)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(f"{which} failed:\n{proc.stderr[-3000:]}")
         results[which] = json.loads(line[-1][7:])
     f, h = results["frugal"], results["hf"]
     h["name"] = "HF Trainer"
-    print(f"SST-2, MiniLM, {a.rows} train rows, 872 dev rows, 1 epoch, batch 32, max length 64, seed {a.seed}")
-    print("| | train examples/s | vs HF | train s | dev accuracy | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"SST-2, MiniLM, {a.rows} train rows, 872 dev rows, {a.epochs:g} epoch(s), batch 32, max length 64, "
+          f"seed {a.seed}")
+    print("| | train examples/s | vs HF | train s | train-time ratio (HF / this) | dev accuracy | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in runs:
         r = results[name]
         print(f"| {r.get('name', name)} | {r['examples_per_s']:.1f} | {r['examples_per_s'] / h['examples_per_s']:.2f}x "
-              f"| {r['train_seconds']:.1f} | {r['dev_accuracy']:.4f} | {r['peak_rss_mb']:.0f} |")
+              f"| {r['train_seconds']:.1f} | {h['train_seconds'] / r['train_seconds']:.2f}x | {r['dev_accuracy']:.4f} "
+              f"| {r['peak_rss_mb']:.0f} |")
     print(f"\nfrugal / HF: throughput {f['examples_per_s'] / h['examples_per_s']:.2f}x, dev accuracy "
           f"{100 * (f['dev_accuracy'] - h['dev_accuracy']):+.1f} points, peak RSS {f['peak_rss_mb'] / h['peak_rss_mb']:.2f}x")
     print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "

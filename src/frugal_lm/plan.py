@@ -81,8 +81,18 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (what `/usr/bin/time -v` calls maximum resident set size)."""
+    """This process's peak resident memory so far: Linux's VmHWM (the high-water mark of this process image;
+    getrusage's ru_maxrss is not used there, as it carries the parent's peak over fork and exec, so a child of a
+    big process would read its parent's size), elsewhere ru_maxrss."""
     import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # kilobytes on Linux, bytes on macOS
@@ -405,6 +415,21 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                         "so far)")
                 del trainer, model
     chosen, why = _recommend(candidates, memory, seconds)
+    probed: set[int] = set()
+    while kernel_probe and chosen is not None and chosen not in probed and len(probed) < 3:
+        # the recommendation's peak measured in a fresh process: this one's allocator hides what a run grows by
+        c = candidates[chosen]
+        probed.add(chosen)
+        measured = probe_in_child(_apply(cfg, c.settings()))
+        log(f"plan: {c.method}, micro-batch {c.micro_batch or rows}: a fresh process over the epoch's "
+            f"{measured['shapes']} batch shapes peaks at {format_size(measured['peak'])} "
+            f"(components: {format_size(c.memory['peak'])})")
+        known = sum(v for k, v in c.memory.items() if k not in ("kernels", "peak", "probe"))
+        c.memory["kernels"] = max(0, measured["peak"] - known)
+        c.memory["peak"] = known + c.memory["kernels"]
+        c.memory["probe"] = measured["peak"]
+        c.fits_memory = c.memory["peak"] <= memory
+        chosen, why = _recommend(candidates, memory, seconds)
     settings = {}
     if chosen is not None:
         c = candidates[chosen]
@@ -533,6 +558,55 @@ def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, l
                       "lower model.max_length, use LoRA or freeze layers, or a smaller model")
 
 
+def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
+    """Peak memory of a run of `cfg` in this (fresh) process: real optimizer steps (the engine's), one on each of
+    up to `limit` batch shapes of the epoch, the longest first; the growth over them is scaled up when the epoch
+    has more shapes. What a CPU run grows by with every new shape (oneDNN's per-shape primitives, the allocator's
+    leftovers) shows only in a process that has not met those shapes before."""
+    from frugal_lm.data.batching import EpochBatchSampler
+    from frugal_lm.engine.run import build_model, prepare_task
+    from frugal_lm.engine.trainer import Trainer
+    from frugal_lm.models.loading import quiet_transformers
+
+    with quiet_transformers():
+        task, resolved = prepare_task(cfg)
+        model = build_model(cfg, task, resolved)
+    t = cfg.train
+    lengths = task.lengths(task.train_set)
+    order = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
+                              seed=t.seed, max_tokens=t.batch_tokens).batches(0)
+    shapes: dict[tuple[int, int], int] = {}
+    for k, b in enumerate(order):
+        shapes.setdefault((len(b), max(lengths[i] for i in b)), k)
+    picks = list(shapes.values())
+    picks = [picks[0], *picks[1:][:: max(1, -(-(len(picks) - 1) // max(1, limit - 1)))]]
+    with tempfile.TemporaryDirectory(prefix="frugal-probe-") as tmp:
+        trainer = Trainer(model, task, task.train_set, task.collator(), t, tmp)
+        trainer._step([trainer._collate(order[picks[0]], 0, 0)])
+        first = peak_rss_bytes()
+        for k in picks[1:]:
+            trainer._step([trainer._collate(order[k], 0, k)])
+    peak = peak_rss_bytes()
+    scale = (len(shapes) - 1) / max(1, len(picks) - 1)
+    return {"peak": int(first + (peak - first) * max(1.0, scale)), "shapes": len(shapes), "probed": len(picks)}
+
+
+def probe_in_child(cfg: RunConfig) -> dict[str, Any]:
+    """probe_peak(cfg) in a child process (`python -m frugal_lm.plan --probe CONFIG`)."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
+        path = f"{tmp}/config.yaml"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(cfg.to_yaml())
+        out = subprocess.run([sys.executable, "-m", "frugal_lm.plan", "--probe", path], capture_output=True,
+                             text=True)
+    if out.returncode or not out.stdout.strip():
+        raise FrugalError(f"frugal plan: the memory probe failed (exit {out.returncode}): {out.stderr[-1500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def plan_in_child(cfg: RunConfig) -> dict[str, Any]:
     """`plan(cfg)` in a child process (`frugal plan --json`): the planner's models, copies and kernel caches then
     leave the training process as it would be without them, so its measured peak is the one predicted."""
@@ -548,3 +622,13 @@ def plan_in_child(cfg: RunConfig) -> dict[str, Any]:
     if out.returncode not in (0, 2) or not out.stdout.strip():
         raise FrugalError(f"train --auto: planning failed (exit {out.returncode}; its messages are above)")
     return json.loads(out.stdout)
+
+
+if __name__ == "__main__":  # the memory probe's child process (probe_in_child)
+    import json as _json
+
+    from frugal_lm.config import load_config
+
+    if len(sys.argv) != 3 or sys.argv[1] != "--probe":
+        raise SystemExit("usage: python -m frugal_lm.plan --probe CONFIG.yaml")
+    print(_json.dumps(probe_peak(load_config(sys.argv[2]))))
