@@ -5,7 +5,8 @@ measured separately. The Trainer runs with its defaults plus dynamic padding, 1 
 lr 5e-5, max length 64. frugal runs its default recipe (length-grouped batches, frozen embeddings,
 lr 1e-4) with the same epochs, batch size and max length.
 
-    python benchmarks/bench_classify.py [--rows 8000] [--ablation] [--json out.json]
+    python benchmarks/bench_classify.py [--rows 8000] [--epochs 1] [--ablation] [--json out.json]
+    python benchmarks/bench_classify.py --epochs 3 --variants "frugal, 3 layers frozen;frugal, 3 layers frozen + prefix cache"
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--epochs", type=float, default=1)
-    ap.add_argument("--variants", default="", help="frugal variants to run besides the default, comma-separated "
-                    "names of VARIANTS (the --ablation ones are the first three)")
+    ap.add_argument("--variants", default="", help="frugal variants to run besides the default: "
+                    "names of VARIANTS separated by ; (the --ablation ones are the first four)")
     ap.add_argument("--child", choices=["hf", *VARIANTS], help=argparse.SUPPRESS)
     ap.add_argument("--ablation", action="store_true",
                     help="also run frugal with each default saver turned off, to show what each one gains")
@@ -136,7 +137,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     runs = ["hf", *list(VARIANTS)[:4]] if a.ablation else ["hf", "frugal"]
-    runs += [v for v in a.variants.split(",") if v and v not in runs]
+    runs += [v for v in a.variants.split(";") if v and v not in runs]
     for which in runs:
         proc = subprocess.run([sys.executable, __file__, "--child", which, "--rows", str(a.rows),
                                "--seed", str(a.seed), "--epochs", str(a.epochs)], capture_output=True, text=True,

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     "sst2": ("examples/sst2.yaml", [], []),
     "sst2-lora": ("examples/sst2.yaml", ["peft.method=lora"], ["--only-configured"]),
-    "sst2-700MB": ("examples/sst2.yaml", ["train.freeze_layers=0"], ["--memory", "700MB", "--only-configured"]),
+    "sst2-1300MB": ("examples/sst2.yaml", [], ["--memory", "1300MB", "--only-configured"]),
     "ner": ("examples/ner.yaml", ["train.epochs=1"], ["--only-configured"]),
     "clm-smollm2-lora": ("examples/clm.yaml", ["train.max_steps=40", "train.eval_every=0"], ["--only-configured"]),
 }

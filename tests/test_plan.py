@@ -191,7 +191,7 @@ def test_a_memory_budget_chooses_a_smaller_micro_batch(tiny_encoder_dir, long_fi
     model = build_model(cfg, task, resolved)
     lines = []
     cfg.train.memory_budget = "1000GB"
-    assert fit_memory(cfg, task, model, nullcontext, lines.append, now=10**6) == (0, False)
+    assert fit_memory(cfg, task, model, nullcontext, lines.append, now=10**6, probe=False) == (0, False)
     static = static_bytes(model)
     now = rss_bytes()  # the process's memory, fixed for the test (it moves by more than a tiny model's needs)
     fixed = now + static["gradients"] + static["optimizer"]
@@ -200,11 +200,11 @@ def test_a_memory_budget_chooses_a_smaller_micro_batch(tiny_encoder_dir, long_fi
     order = EpochBatchSampler(task.lengths(task.train_set), 16, seed=0).batches(0)
     acts = activation_bytes(model, task, task.collator()([task.train_set[i] for i in order[0]]), nullcontext)
     cfg.train.memory_budget = str(int(fixed + acts * 0.6))  # room for about half the batch's activations
-    micro, checkpointing = fit_memory(cfg, task, model, nullcontext, lines.append, now=now)
+    micro, checkpointing = fit_memory(cfg, task, model, nullcontext, lines.append, now=now, probe=False)
     assert 0 < micro < 16 and not checkpointing and "micro-batch" in lines[-1]
     cfg.train.memory_budget = "1MB"
     with pytest.raises(Exception, match=r"train.memory_budget: 1 MB is too little"):
-        fit_memory(cfg, task, model, nullcontext, lines.append, now=now)
+        fit_memory(cfg, task, model, nullcontext, lines.append, now=now, probe=False)
 
 
 def test_split_batches_keep_every_row_and_trim_padding():

@@ -521,10 +521,12 @@ def apply_plan(cfg: RunConfig, result: dict[str, Any]) -> RunConfig:
 
 
 def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, log: Any,
-               now: int | None = None) -> tuple[int, bool]:
+               now: int | None = None, probe: bool = True) -> tuple[int, bool]:
     """train.memory_budget without `--auto`: the largest micro-batch (then with gradient checkpointing) whose
-    predicted peak fits, for the configured recipe. Measures the activations of one forward pass on the first
-    (longest) batch; nothing is trained. `now`: the process's memory with the model loaded (default: measured).
+    predicted peak fits, for the configured recipe. The activations of one forward pass on the first (longest)
+    batch are measured (nothing is trained); a candidate whose parts fit is then measured whole in a probe process
+    (probe_in_child: what the epoch's shapes add shows only there), up to 3 of them. `now`: the process's memory
+    with the model loaded (default: measured); `probe` False: the parts only (tests on tiny models).
     Returns (micro_batch, gradient_checkpointing)."""
     from frugal_lm.data.batching import EpochBatchSampler
 
@@ -540,18 +542,31 @@ def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, l
     full = activation_bytes(model, task, batch, precision_autocast)
     static = static_bytes(model)
     now = rss_bytes() if now is None else now  # weights are loaded already: counted in the process's memory
-    kernels, _ = _shape_cache(model, task, order, lengths, precision_autocast)
     fixed = now + static["gradients"] + static["optimizer"]
+    probes = 0
     for checkpointing in (t.gradient_checkpointing, True) if not t.gradient_checkpointing else (True,):
         for micro in _micro_batches(rows):
-            acts = full * micro / len(longest) + kernels
+            acts = full * micro / len(longest)
             if checkpointing and not t.gradient_checkpointing:
                 acts = checkpointed_activations(int(acts), model, micro, width)
             peak = fixed + acts
-            if peak <= budget:
+            if peak > budget:
+                continue
+            if probe and probes < 3:
+                probes += 1
+                trial = copy.deepcopy(cfg)
+                trial.train.micro_batch, trial.train.memory_budget = (0 if micro >= rows else micro), ""
+                trial.train.gradient_checkpointing = checkpointing
+                measured = probe_in_child(trial)["peak"]
                 log(f"memory budget {format_size(budget)}: micro-batch {micro} rows"
-                    f"{', gradient checkpointing' if checkpointing else ''}: predicted peak {format_size(peak)}")
-                return (0 if micro >= rows else micro), checkpointing
+                    f"{', gradient checkpointing' if checkpointing else ''}: a probe process peaks at "
+                    f"{format_size(measured)}")
+                if measured > budget:
+                    continue
+                peak = measured
+            log(f"memory budget {format_size(budget)}: micro-batch {micro} rows"
+                f"{', gradient checkpointing' if checkpointing else ''}: predicted peak {format_size(peak)}")
+            return (0 if micro >= rows else micro), checkpointing
     raise FrugalError(f"train.memory_budget: {format_size(budget)} is too little for this run: with one row per "
                       f"pass and gradient checkpointing it needs about "
                       f"{format_size(fixed + checkpointed_activations(int(full / len(longest)), model, 1, width))}; "
