@@ -484,7 +484,7 @@ def table(result: dict[str, Any]) -> str:
         shown[method] = _fastest(cands, fit) if fit else min(mine, key=lambda i: cands[i]["memory"]["peak"])
     if result["recommended"] is not None:
         shown[result["candidates"][result["recommended"]]["method"]] = result["recommended"]
-    head = f"{'':2}{'recipe':<44}{'micro x acc':>12}{'trainable':>11}{'peak mem':>11}{'step':>8}{'epoch':>9}{'run':>9}  fits"
+    head = f"{'':2}{'recipe':<44}{'micro x acc':>12}{'trainable':>11}{'peak mem':>12}{'step':>8}{'epoch':>9}{'run':>9}  fits"
     rows.append(head)
     for i in shown.values():
         c = result["candidates"][i]
@@ -492,12 +492,14 @@ def table(result: dict[str, Any]) -> str:
         mark = "*" if i == result["recommended"] else " "
         fits = "yes" if c["fits"] else ("time" if c["fits_memory"] else "memory")
         fits = fits if c["fits"] else f"no ({fits})"
+        peak = format_size(c["memory"]["peak"]) + ("+" if "probe" in c["memory"] else " ")
         rows.append(f"{mark} {c['method']:<44}{micro:>12}{c['trainable'] / 1e6:>10.2f}M"
-                    f"{format_size(c['memory']['peak']):>11}{c['step_s']:>7.2f}s{format_duration(round(c['epoch_s'])):>9}"
+                    f"{peak:>12}{c['step_s']:>7.2f}s{format_duration(round(c['epoch_s'])):>9}"
                     f"{format_duration(round(c['run_s'])):>9}  {fits}")
     budget = f"memory budget {format_size(result['memory_budget'])}"
     if result["time_budget"]:
         budget += f", time budget {format_duration(result['time_budget'])}"
+    rows.append("peak mem: the sum of measured parts (docs/plan.md); + measured whole in a fresh probe process")
     rows.append(f"{budget}; base process {format_size(result['base_memory'])}; "
                 f"{result['epochs']:g} epoch(s) of {result['steps_per_epoch']} steps; planned in {result['plan_seconds']}s")
     rows.append(f"recommended: {result['why']}" if result["recommended"] is not None else f"no fit: {result['why']}")
