@@ -122,14 +122,14 @@ def available_memory() -> int:
     return total or 8 * 10**9
 
 
-def _n_layers(model: Any) -> int:
-    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
-    return getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 0
+def first_epoch(task: Any, t: Any) -> tuple[list[int], list[list[int]]]:
+    """(example lengths, the first epoch's batches) as the engine's sampler gives them for train config `t`:
+    lengths, grouping and padding as the run will see them, the longest batch first."""
+    from frugal_lm.data.batching import EpochBatchSampler
 
-
-def _hidden(model: Any) -> int:
-    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
-    return getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0
+    lengths = task.lengths(task.train_set)
+    return lengths, EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
+                                      seed=t.seed, max_tokens=t.batch_tokens).batches(0)
 
 
 def static_bytes(model: Any) -> dict[str, int]:
@@ -168,8 +168,11 @@ def activation_bytes(model: Any, task: Any, batch: dict[str, Any], autocast: Any
 def checkpointed_activations(full: int, model: Any, rows: int, width: int, bytes_per: int = 4) -> int:
     """Activations kept with gradient checkpointing: each layer's input (rows x width x hidden) and, while
     one layer is recomputed in backward, that layer's own activations (about full / layers)."""
-    layers = max(1, _n_layers(model))
-    return int(full / layers + layers * rows * width * _hidden(model) * bytes_per)
+    from frugal_lm.engine.mfu import model_dims
+
+    layers, hidden = model_dims(model)
+    layers = max(1, layers)
+    return int(full / layers + layers * rows * width * hidden * bytes_per)
 
 
 def _methods(cfg: RunConfig, n_layers: int) -> list[tuple[str, int, dict[str, Any]]]:
@@ -326,7 +329,6 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
 
     import torch
 
-    from frugal_lm.data.batching import EpochBatchSampler
     from frugal_lm.engine.run import build_model, prepare_task
     from frugal_lm.engine.trainer import Trainer
     from frugal_lm.models.loading import local_path, quiet_transformers
@@ -345,17 +347,16 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         pristine = task.build_model(local_path(resolved), trust_remote_code=cfg.model.trust_remote_code)
         # the weights as loading leaves them (mapped files, copies), measured
         loaded = rss_bytes() - before if kernel_probe else 0
-    lengths = task.lengths(task.train_set)
     t = cfg.train
-    sampler = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
-                                seed=t.seed, max_tokens=t.batch_tokens)
-    order = sampler.batches(0)
+    lengths, order = first_epoch(task, t)
     steps_per_epoch = math.ceil(len(order) / t.grad_accum)
     epochs = t.epochs if not t.max_steps else min(t.epochs or math.inf, t.max_steps / steps_per_epoch)
     longest = order[0]
     width = max(lengths[i] for i in longest)
     rows = max(len(b) for b in order)
-    n_layers = _n_layers(pristine)
+    from frugal_lm.engine.mfu import model_dims
+
+    n_layers = model_dims(pristine)[0]
     candidates: list[Candidate] = []
     kernels: dict[int, float] = {}  # micro-batch -> bytes the epoch's shapes add, measured once (all recipes)
     with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
@@ -530,13 +531,9 @@ def fit_memory(cfg: RunConfig, task: Any, model: Any, precision_autocast: Any, l
     (probe_in_child: what the epoch's shapes add shows only there), up to 3 of them. `now`: the process's memory
     with the model loaded (default: measured); `probe` False: the parts only (tests on tiny models).
     Returns (micro_batch, gradient_checkpointing)."""
-    from frugal_lm.data.batching import EpochBatchSampler
-
     budget = parse_size(cfg.train.memory_budget)
     t = cfg.train
-    lengths = task.lengths(task.train_set)
-    order = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
-                              seed=t.seed, max_tokens=t.batch_tokens).batches(0)
+    lengths, order = first_epoch(task, t)
     longest = order[0]
     rows = max(len(b) for b in order)
     width = max(lengths[i] for i in longest)
@@ -580,7 +577,6 @@ def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
     up to `limit` batch shapes of the epoch, the longest first; the growth over them is scaled up when the epoch
     has more shapes. What a CPU run grows by with every new shape (oneDNN's per-shape primitives, the allocator's
     leftovers) shows only in a process that has not met those shapes before."""
-    from frugal_lm.data.batching import EpochBatchSampler
     from frugal_lm.engine.run import build_model, prepare_task
     from frugal_lm.engine.trainer import Trainer
     from frugal_lm.models.loading import quiet_transformers
@@ -589,9 +585,7 @@ def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
         task, resolved = prepare_task(cfg)
         model = build_model(cfg, task, resolved)
     t = cfg.train
-    lengths = task.lengths(task.train_set)
-    order = EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
-                              seed=t.seed, max_tokens=t.batch_tokens).batches(0)
+    lengths, order = first_epoch(task, t)
     shapes: dict[tuple[int, int], int] = {}
     for k, b in enumerate(order):
         shapes.setdefault((len(b), max(lengths[i] for i in b)), k)

@@ -65,11 +65,17 @@ def non_embedding_parameters(model: Any) -> int:
     return sum(p.numel() for p in base.parameters() if id(p) not in tables)  # parameters() yields each once
 
 
-def training_flops(model: Any, tokens: int, rows: int) -> float:
-    """Model FLOPs of training on `tokens` real tokens in `rows` sequences (see the module docstring)."""
+def model_dims(model: Any) -> tuple[int, int]:
+    """(transformer layers, hidden size) from the model's config (a peft wrapper looks through); 0 when unknown."""
     cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
     layers = getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 0
     hidden = getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0
+    return layers, hidden
+
+
+def training_flops(model: Any, tokens: int, rows: int) -> float:
+    """Model FLOPs of training on `tokens` real tokens in `rows` sequences (see the module docstring)."""
+    layers, hidden = model_dims(model)
     seq = tokens / rows if rows else 0.0
     return 6.0 * non_embedding_parameters(model) * tokens + 12.0 * layers * hidden * seq * tokens
 
