@@ -398,7 +398,6 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                 for micro in timed:
                     timing = _measure(trainer, order, lengths, 0 if micro >= rows else micro, reps)
                     mem = dict(memory_of[micro])
-                    mem.setdefault("kernels", int(kernels.get(micro, 0)))
                     mem["peak"] = sum(mem.values())
                     step_times = [timing.step(_padded(b, lengths, micro)) for b in order]
                     # optimizer steps: groups of grad_accum batches; the per-step cost once per group
