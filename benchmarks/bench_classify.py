@@ -64,7 +64,8 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1)
         wall = time.perf_counter() - t0
     return {"examples_per_s": summary["train_examples_per_s"], "train_seconds": summary["train_seconds"],
             "dev_accuracy": summary["final"]["accuracy"], "wall_seconds": wall,
-            "trainable_parameters": summary["trainable_parameters"]}
+            "trainable_parameters": summary["trainable_parameters"],
+            **{k: summary.get(k) for k in ("mfu", "model_flops_per_s", "peak_flops_per_s")}}
 
 
 def run_hf(rows: int, seed: int, epochs: float = 1) -> dict:
@@ -109,8 +110,13 @@ def run_hf(rows: int, seed: int, epochs: float = 1) -> dict:
         train_seconds = time.perf_counter() - t0
         pred = trainer.predict(dev_ds)
     accuracy = float((pred.predictions.argmax(-1) == pred.label_ids).mean())
+    # MFU by frugal's own counter (engine/mfu.py) on the same real tokens, against the fp32 peak the Trainer runs at
+    from frugal_lm.engine.mfu import mfu_report
+
+    tokens = epochs * sum(len(r["input_ids"]) for r in train_ds.rows)
     return {"examples_per_s": out.metrics["train_samples_per_second"], "train_seconds": train_seconds,
-            "dev_accuracy": accuracy, "wall_seconds": train_seconds}
+            "dev_accuracy": accuracy, "wall_seconds": train_seconds,
+            **mfu_report(model, int(tokens), int(epochs * len(train_ds)), train_seconds, "no", "cpu")}
 
 
 def child(which: str, rows: int, seed: int, epochs: float) -> None:
@@ -157,6 +163,10 @@ def main() -> None:
         print(f"| {r.get('name', name)} | {r['examples_per_s']:.1f} | {r['examples_per_s'] / h['examples_per_s']:.2f}x "
               f"| {r['train_seconds']:.1f} | {h['train_seconds'] / r['train_seconds']:.2f}x | {r['dev_accuracy']:.4f} "
               f"| {r['peak_rss_mb']:.0f} |")
+    print("\nMFU (frugal's counter, engine/mfu.py; each against the measured matmul peak of its own precision): "
+          + "; ".join(f"{results[n].get('name', n)} {results[n]['model_flops_per_s'] / 1e9:.1f} GFLOP/s = "
+                      f"{results[n]['mfu']:.1%} of {results[n]['peak_flops_per_s'] / 1e9:.0f}"
+                      for n in runs if results[n].get("mfu") is not None))
     print(f"\nfrugal / HF: throughput {f['examples_per_s'] / h['examples_per_s']:.2f}x, dev accuracy "
           f"{100 * (f['dev_accuracy'] - h['dev_accuracy']):+.1f} points, peak RSS {f['peak_rss_mb'] / h['peak_rss_mb']:.2f}x")
     print(f"load average at the end (1/5/15 min): {' / '.join(f'{x:.2f}' for x in os.getloadavg())}; "

@@ -122,12 +122,15 @@ def run_hf(a: argparse.Namespace, train: str, test: str, bf16: bool = False) -> 
         out = Trainer(model=model, args=args, train_dataset=data).train()
         cpu_s = time.process_time() - cpu0
     train_s = out.metrics["train_runtime"]
+    from frugal_lm.engine.mfu import mfu_report  # frugal's counter on the same tokens, against its precision's peak
+
+    mfu = mfu_report(model, a.steps * BATCH * BLOCK, a.steps * BATCH, train_s, "bf16" if bf16 else "no", "cpu")
     after = test_ppl(model, tok, test)
     texts, _ = samples(model.merge_and_unload(), tok, frugal=False)
     return {"load_s": load_s, "ppl_before": before, "ppl_after": after, "train_s": train_s,
             "train_tokens_per_s": a.steps * BATCH * BLOCK / train_s, "gen_tokens_per_s": gen_tps, "samples": texts,
             "train_tokens_per_cpu_s": a.steps * BATCH * BLOCK / cpu_s,
-            "samples_before": texts_before, "precision": "bf16 (CPU autocast)" if bf16 else "fp32"}
+            "samples_before": texts_before, "precision": "bf16 (CPU autocast)" if bf16 else "fp32", **mfu}
 
 
 def run_frugal(a: argparse.Namespace, train: str, test: str) -> dict:
@@ -167,7 +170,8 @@ def run_frugal(a: argparse.Namespace, train: str, test: str) -> dict:
     return {"load_s": load_s, "ppl_before": before, "ppl_after": after, "train_s": summary["train_seconds"],
             "train_tokens_per_s": summary["train_tokens_per_s"], "gen_tokens_per_s": gen_tps, "samples": texts,
             "train_tokens_per_cpu_s": a.steps * BATCH * BLOCK / cpu_s,
-            "samples_before": texts_before, "precision": summary.get("precision_reason", summary["precision"])}
+            "samples_before": texts_before, "precision": summary.get("precision_reason", summary["precision"]),
+            **{k: summary.get(k) for k in ("mfu", "model_flops_per_s", "peak_flops_per_s")}}
 
 
 def child(a: argparse.Namespace) -> None:
@@ -185,11 +189,18 @@ def child(a: argparse.Namespace) -> None:
 def table(res: dict, a: argparse.Namespace, train: str, test: str) -> str:
     """The results as markdown: a column per run made, each with its ratio to the Trainer's."""
     hf = res["hf"]
+    for r in res.values():  # GFLOP/s for the table; NaN where a side did not report it
+        r["model_gflops"] = (r.get("model_flops_per_s") or float("nan")) / 1e9
+        r["peak_gflops"] = (r.get("peak_flops_per_s") or float("nan")) / 1e9
+        r["mfu"] = r.get("mfu") if r.get("mfu") is not None else float("nan")
     runs = [(k, t) for k, t in (("hf-bf16", "Trainer + peft, bf16=True"), ("frugal", "frugal (same recipe)"),
                                 ("frugal-top", f"frugal, top {a.top_layers} layers")) if k in res]
     rows = [("test perplexity before", "ppl_before", "{:.2f}"), ("test perplexity after", "ppl_after", "{:.2f}"),
             ("training tokens/s", "train_tokens_per_s", "{:.1f}"), ("training seconds", "train_s", "{:.1f}"),
             ("training tokens per CPU second (both threads; whole train call)", "train_tokens_per_cpu_s", "{:.1f}"),
+            ("model GFLOP/s (frugal's MFU counter, engine/mfu.py)", "model_gflops", "{:.1f}"),
+            ("matmul peak GFLOP/s of the run's precision (measured)", "peak_gflops", "{:.0f}"),
+            ("MFU", "mfu", "{:.1%}"),
             ("peak memory (MB RSS)", "peak_rss_mb", "{:.0f}"), ("model load s", "load_s", "{:.1f}"),
             ("generation tokens/s (greedy, KV cache)", "gen_tokens_per_s", "{:.1f}")]
     sides = " ".join(k for k in ("hf", *(k for k, _ in runs)))

@@ -173,7 +173,7 @@ def bench(args: argparse.Namespace) -> None:
                         result = run_frugal(train, dev, seed, "fewshot" if method == "frugal" else method,
                                             args.set)
                     row = {"set": name, "size": size, "seed": seed, "method": method, "threads": args.threads,
-                           **result}
+                           **result, **({"set_items": args.set} if args.set and method != "setfit" else {})}
                     print(json.dumps(row), file=sys.stderr)
                     with out.open("a") as fh:
                         fh.write(json.dumps(row) + "\n")

@@ -91,6 +91,25 @@ def test_predict_file_writes_json_lines(trained_run, tmp_path):
         assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
 
 
+def test_predict_precision(trained_run, tmp_path):
+    data = write_tsv(tmp_path / "x.tsv", sentiment_rows(6, seed=3))
+    rows = {}
+    for precision in ("fp32", "bf16", "auto"):
+        out = tmp_path / f"{precision}.jsonl"
+        proc = frugal("predict", trained_run, "--data", data, "--output", out, "--precision", precision)
+        assert proc.returncode == 0, proc.stderr
+        rows[precision] = [json.loads(x) for x in out.read_text().splitlines()]
+        reason = {"fp32": "fp32 (--precision=fp32)", "bf16": "bf16 (--precision=bf16)",
+                  "auto": "fp32 (auto"}[precision]  # a tiny model stays fp32 on any processor
+        assert f"precision: {reason}" in proc.stderr
+    assert rows["auto"] == rows["fp32"]
+    for half, full in zip(rows["bf16"], rows["fp32"], strict=True):  # bf16 keeps ~3 significant digits
+        assert half["probabilities"]["pos"] == pytest.approx(full["probabilities"]["pos"], abs=2e-2)
+    assert any(h["probabilities"] != f["probabilities"] for h, f in zip(rows["bf16"], rows["fp32"], strict=True))
+    proc = frugal("predict", trained_run, "--data", data, "--precision", "int8")
+    assert proc.returncode != 0 and "--precision: expected auto, fp32, bf16 or fp16, got 'int8'" in proc.stderr
+
+
 def test_resume_a_finished_run_is_a_no_op(trained_run):
     before = (trained_run / "metrics.jsonl").read_text()
     proc = frugal("train", "--resume", "--output", trained_run, "--quiet")

@@ -150,13 +150,20 @@ def predict(
     data: Annotated[str | None, Opt("--data", help="file in the task's format, or .txt with one text per line")] = None,
     text: Annotated[list[str] | None, Opt("--text", help="raw text (repeatable)")] = None,
     output: Annotated[Path | None, Opt("--output", "-o", help="write JSON lines here instead of stdout")] = None,
+    precision: Annotated[str, Opt("--precision", help="auto (bf16 where training would autocast to it: a GPU, "
+                                  "or a CPU with bf16 matrix instructions and a model over 5M parameters), "
+                                  "fp32, bf16 or fp16; classify and ner only")] = "auto",
 ) -> None:
     """Predict; writes JSON lines: for classify the label and probabilities, for ner the entity spans."""
     if not data and not text:
         raise FrugalError("predict: give --data FILE or --text \"...\"")
     from frugal_lm.engine.run import load_run
 
-    _, task, model = load_run(run_dir)
+    cfg, task, model = load_run(run_dir)
+    if cfg.task in ("classify", "ner"):  # labels and spans; language models keep fp32 log-probabilities
+        from frugal_lm.engine.savers import cast_for_inference
+
+        typer.echo(f"precision: {cast_for_inference(model, precision, '--precision')}", err=True)
     records = task.inputs(data, text)
     lines = "".join(json.dumps(row) + "\n" for row in task.predict(model, records))
     if output:

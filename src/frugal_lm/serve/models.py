@@ -58,7 +58,7 @@ class ServedModel:
     encoder: Any = None  # the generator with its own tokenizer copy, for prompts encoded on the event loop
     context: int | None = None  # positions the model can attend to (prompt + generation)
     notes: list[str] = field(default_factory=list)
-    precision: str = "fp32"  # the weights' precision as served, and why (see `_set_precision`)
+    precision: str = "fp32"  # the weights' precision as served, and why (see `engine.savers.cast_for_inference`)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def info(self) -> dict[str, Any]:
@@ -228,7 +228,9 @@ def load_served(spec: str, device: str | None = None, precision: str = "auto") -
             served = _load_lm(name, target, device)
     served.notes += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if served.kind in ("classifier", "ner"):
-        _set_precision(served, precision)
+        from frugal_lm.engine.savers import cast_for_inference
+
+        served.precision = cast_for_inference(served.model, precision, "--precision")
         if next(served.model.parameters()).device.type == "cpu":
             # a micro-batch is sorted by length and run in forward passes of this many rows: on a CPU, compute
             # grows with padded tokens, so short passes of similar lengths beat one pass padded to the longest
@@ -240,21 +242,6 @@ def load_served(spec: str, device: str | None = None, precision: str = "auto") -
     if path.exists():
         served.created = int(path.stat().st_mtime)
     return served
-
-
-def _set_precision(served: ServedModel, precision: str) -> None:
-    """Cast a classifier's or tagger's weights to the precision chosen for it (logits are cast back to fp32)."""
-    import torch
-
-    from frugal_lm.engine.savers import precision_reason, resolve_precision
-
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise FrugalError(f"--precision: expected auto, fp32, bf16 or fp16, got '{precision}'")
-    n_params = sum(p.numel() for p in served.model.parameters())
-    chosen = resolve_precision(precision, n_params)
-    if chosen != "no":
-        served.model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[chosen])
-    served.precision = precision_reason(precision, n_params, "--precision")
 
 
 def _load_arpa(name: str, target: str) -> ServedModel:
