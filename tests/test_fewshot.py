@@ -146,7 +146,9 @@ def test_fewshot_stage_settings():
 
     s = fewshot.stage_settings(opts, n_examples=24, n_labels=3, largest_class=8, train=TrainConfig())
     assert s["batch_size"] == 24  # 32 rounded to a multiple of 3, capped at one balanced epoch
-    assert s["balanced_sampler"] and s["max_steps"] == 100 and s["save_every"] == 100  # 32 passes: 32 -> at least 100
+    assert s["balanced_sampler"] and s["max_steps"] == 32 and s["save_every"] == 32  # 32 passes of one batch
+    # imbalanced: 10 examples, batches of 16 (8 per class): 32 passes are 20 steps -> at least 32
+    assert fewshot.stage_settings(opts, 10, 2, 8, TrainConfig())["max_steps"] == 32
     # batches of 33 (32 rounded to a multiple of 3): 32 passes over 660 examples -> 640, capped at 400;
     # over 165 -> 160
     assert fewshot.stage_settings(opts, 660, 3, 220, TrainConfig())["max_steps"] == 400

@@ -38,7 +38,7 @@ class ClassifyOptions:
     fewshot_below: int = option(100, "auto picks fewshot when the training set has fewer examples per "
                                 "class than this (on average)")
     fewshot_steps: int = option(0, "optimizer steps of the contrastive stage (0: ~32 passes over the "
-                                "examples, at least 100, at most 400)")
+                                "examples, at least 32, at most 400)")
     fewshot_lr: float = option(5e-5, "learning rate of the contrastive stage")
     fewshot_batch_size: int = option(32, "sentences per contrastive batch (rounded to a multiple of the "
                                      "label count, so every class is equally present); all pairs in it train")
@@ -75,11 +75,13 @@ def stage_settings(opts: ClassifyOptions, n_examples: int, n_labels: int, larges
             "save_every": train.save_every or steps, "warmup_ratio": 0.1}
 
 
-# The contrastive stage's length: ~32 passes over the examples, at least 100 steps and at most 400. Measured
-# (benchmarks/bench_fewshot.py, 3 seeds, 16 per class, MiniLM): on the 4-class CoNLL entity-type set accuracy was
-# 0.603 / 0.657 / 0.663 with 20 / 60 / 120 steps (SetFit 0.645), on SST-2 0.687 / 0.695 with 20 / 60; the old
-# default (8 passes, at least 20) left the 4-class set 4 points behind SetFit.
-PASSES, MIN_STEPS, MAX_STEPS = 32, 100, 400
+# The contrastive stage's length: ~32 passes over the examples, at least 32 steps and at most 400. Measured
+# (benchmarks/bench_fewshot.py, 5 seeds, MiniLM, BENCHMARKS.md): on the 4-class CoNLL entity-type set at 16 per
+# class accuracy was 0.603 / 0.657 / 0.663 with 20 / 60 / 120 steps (3 seeds; SetFit 0.651), 0.664 with 64 (32
+# passes) and 0.668 with 100; at 8 per class 32 steps kept frugal 2.6 (SST-2) and 3.7 (CoNLL-type) points above
+# SetFit, where the earlier floor of 100 steps (100 passes over 16 examples) made frugal 1.55x slower than SetFit,
+# which does only ~256 sentence encodings there.
+PASSES, MIN_STEPS, MAX_STEPS = 32, 32, 400
 
 
 def default_steps(n_examples: int, batch: int) -> int:
