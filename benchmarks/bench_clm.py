@@ -122,7 +122,9 @@ def run_hf(a: argparse.Namespace, train: str, test: str, bf16: bool = False) -> 
         out = Trainer(model=model, args=args, train_dataset=data).train()
         cpu_s = time.process_time() - cpu0
     train_s = out.metrics["train_runtime"]
-    from frugal_lm.engine.mfu import mfu_report  # frugal's counter on the same tokens, against its precision's peak
+    from frugal_lm.engine.mfu import (
+        mfu_report,  # frugal's counter on the same tokens, against its precision's peak
+    )
 
     mfu = mfu_report(model, a.steps * BATCH * BLOCK, a.steps * BATCH, train_s, "bf16" if bf16 else "no", "cpu")
     after = test_ppl(model, tok, test)

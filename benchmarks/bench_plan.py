@@ -70,8 +70,8 @@ def main() -> None:
             row = run(name, Path(tmp))
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print(f"\n| scenario | recipe | micro-batch | memory predicted / measured (MB) | error | epoch predicted / "
-          f"measured (s) | error |\n|---|---|---|---|---|---|---|")
+    print("\n| scenario | recipe | micro-batch | memory predicted / measured (MB) | error | epoch predicted / "
+          "measured (s) | error |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scenario']} | {r['recipe']} | {r['micro_batch'] or 'whole'} | {r['predicted_peak_mb']} / "
               f"{r['measured_peak_mb']} | {r['memory_error']:+.1%} | {r['predicted_epoch_s']} / {r['measured_epoch_s']} "

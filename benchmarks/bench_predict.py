@@ -170,7 +170,7 @@ def main() -> None:
             if task == "ner":
                 row["entity_f1"] = round(f1([set(map(tuple, x)) for x in r["answers"]], gold), 4)
             results["rows"].append(row)
-    print(f"| task | system | texts | load s | predict s | texts/s | vs pipeline batch 1 | vs pipeline batch 32 | check |")
+    print("| task | system | texts | load s | predict s | texts/s | vs pipeline batch 1 | vs pipeline batch 32 | check |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row in results["rows"]:
         base = {s["system"]: s["predict_s"] for s in results["rows"] if s["task"] == row["task"]}

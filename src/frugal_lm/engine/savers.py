@@ -123,8 +123,8 @@ def cast_for_inference(model: Any, precision: str = "auto", setting: str = "--pr
 
     Casting the weights, not autocast: there is no backward pass to keep in fp32, and bf16 weights halve
     the memory read per product. "auto" follows `resolve_precision`, so a model is predicted in bf16 where
-    training would autocast to it; on this 2-core AMX CPU that predicts SST-2 dev with MiniLM ~2x faster
-    (BENCHMARKS.md, prediction throughput) and agreed with fp32 on 399 of 400 labels in the serving
+    training would autocast to it; on this 2-core AMX CPU that predicts SST-2 dev with MiniLM faster
+    (2.5x, BENCHMARKS.md: prediction throughput) and agreed with fp32 on 399 of 400 labels in the serving
     benchmark. Tasks cast their logits back to fp32 before softmax. Language models stay fp32: their
     log-probabilities are compared across runs, so callers do not use this for them.
     """
