@@ -3,7 +3,8 @@
 For each scenario: `frugal plan CONFIG --json --write planned.yaml` in one process, then `frugal train planned.yaml`
 in a fresh one; the prediction for the recommended candidate (peak memory, seconds per epoch of training) is set
 against the run's metrics.json (peak_memory_bytes: the process's peak resident set; train_seconds / epochs).
-Errors are (predicted - measured) / measured. The issue's bar: memory within 15%, time per epoch within 20%.
+Errors are (predicted - measured) / measured; time is the mean epoch (with train.cache_prefix the first epoch
+computes the cache and the later ones read it). The issue's bar: memory within 15%, time per epoch within 20%.
 
     python benchmarks/bench_plan.py [--only sst2,ner] [--json results.json]
 """
@@ -25,6 +26,8 @@ SCENARIOS = {
     "sst2": ("examples/sst2.yaml", [], []),
     "sst2-lora": ("examples/sst2.yaml", ["peft.method=lora"], ["--only-configured"]),
     "sst2-1300MB": ("examples/sst2.yaml", [], ["--memory", "1300MB", "--only-configured"]),
+    "sst2-cache": ("examples/sst2.yaml", ["train.epochs=3", "train.freeze_layers=3", "train.cache_prefix=true"],
+                   ["--only-configured"]),
     "ner": ("examples/ner.yaml", ["train.epochs=1"], ["--only-configured"]),
     "clm-smollm2-lora": ("examples/clm.yaml", ["train.max_steps=40", "train.eval_every=0"], ["--only-configured"]),
 }
@@ -49,13 +52,15 @@ def run(name: str, work: Path) -> dict:
         raise SystemExit(f"{name}: train failed:\n{out.stderr[-3000:]}")
     m = json.loads((work / name / "metrics.json").read_text())
     epoch_s = m["train_seconds"] / m["epochs"]
+    predicted_epoch = chosen["run_s"] / result["epochs"]
     row = {"scenario": name, "recipe": chosen["method"], "micro_batch": chosen["micro_batch"],
            "checkpointing": chosen["checkpointing"], "plan_s": round(plan_s, 1),
            "predicted_peak_mb": round(chosen["memory"]["peak"] / 1e6), "measured_peak_mb": round(m["peak_memory_bytes"] / 1e6),
-           "predicted_epoch_s": round(chosen["epoch_s"], 1), "measured_epoch_s": round(epoch_s, 1),
+           # the mean epoch: with the prefix cache the first epoch computes it and the later ones are faster
+           "predicted_epoch_s": round(predicted_epoch, 1), "measured_epoch_s": round(epoch_s, 1),
            "memory_parts_mb": {k: round(v / 1e6) for k, v in chosen["memory"].items()}}
     row["memory_error"] = round((chosen["memory"]["peak"] - m["peak_memory_bytes"]) / m["peak_memory_bytes"], 3)
-    row["time_error"] = round((chosen["epoch_s"] - epoch_s) / epoch_s, 3)
+    row["time_error"] = round((predicted_epoch - epoch_s) / epoch_s, 3)
     return row
 
 

@@ -130,8 +130,9 @@ def test_a_time_budget_that_nothing_meets_sets_the_budget_in_the_config(planned)
 
     cfg, result = planned
     cands = [Candidate(**{k: v for k, v in c.items() if k != "fits"}) for c in result["candidates"]]
-    for c in cands:
-        c.fits_time = False
+    for c in cands:  # none gets through one epoch in 1 s: their order kept
+        c.run_s += 2.0
+        c.epoch_s, c.fits_time = c.run_s / 2, False
     chosen, why = _recommend(cands, 10**12, 1.0)
     assert cands[chosen].run_s == min(c.run_s for c in cands) and "nothing finishes its epochs within 1s" in why
     out = apply_plan(cfg, {**result, "recommended": chosen, "settings": {**cands[chosen].settings(),
@@ -303,3 +304,64 @@ def test_batch_tokens_trains_and_rejects_a_balanced_sampler(tiny_encoder_dir, se
     assert summary["stopped"] == "completed" and summary["steps"] >= 48 * 5 // 64
     with pytest.raises(ConfigError, match="train.batch_tokens and train.balanced_sampler"):
         load_config(sets=["train.batch_tokens=512", "train.balanced_sampler=true"])
+
+
+def test_the_plan_models_the_prefix_cache_of_frozen_layers(planned):
+    """A recipe with frozen layers comes with and without train.cache_prefix, at one tier; the cached one's
+    later epochs are timed with a real cache, and its memory holds the cache: hidden states (fp32, 32 wide)
+    plus the keys (input ids, int64; token types too where the tokenizer gives them) of every training token."""
+    cfg, result = planned
+    plain = _by(result, "frozen embeddings + 1 layer")
+    cached = _by(result, "frozen embeddings + 1 layer + prefix cache")
+    assert cached["tier"] == plain["tier"] and cached["changes"]["train.cache_prefix"] is True
+    assert "prefix_cache" not in plain["memory"] and plain["cached_epoch_s"] == 0
+    from frugal_lm.engine.run import prepare_task
+
+    task, _ = prepare_task(cfg)
+    tokens = sum(task.lengths(task.train_set))
+    keys = 2 if "token_type_ids" in task.collator()([task.train_set[0]]) else 1
+    assert cached["memory"]["prefix_cache"] == tokens * (32 * 4 + keys * 8)
+    assert cached["memory"]["peak"] == sum(v for k, v in cached["memory"].items() if k != "peak")
+    assert cached["cached_epoch_s"] > 0
+    assert cached["run_s"] == pytest.approx(cached["epoch_s"] + cached["cached_epoch_s"] * (result["epochs"] - 1))
+    # recipes that train the embeddings or every layer have nothing to cache
+    assert all(not c["changes"].get("train.cache_prefix") for c in result["candidates"]
+               if not c["changes"].get("train.freeze_layers"))
+
+
+def test_a_time_budget_cuts_the_configured_recipe_before_it_freezes_layers_to_finish(planned):
+    """Under a time budget the configured recipe runs to the budget when it gets through an epoch in it; when
+    it does not, the cached recipe that finishes within the budget is recommended."""
+    from frugal_lm.plan import Candidate, _recommend, apply_plan
+
+    cfg, result = planned
+    cands = [Candidate(**{k: v for k, v in c.items() if k != "fits"}) for c in result["candidates"]]
+    cached = next(c for c in cands if c.method.endswith("prefix cache") and not c.checkpointing)
+    configured = next(c for c in cands if c.method == "as configured" and not c.checkpointing)
+    budget = 1.0
+
+    def times(configured_epoch: float) -> None:
+        for c in cands:  # 2 epochs; the cache's later epoch is what brings it under the budget
+            c.epoch_s, c.run_s = (0.6, 0.9) if c is cached else (configured_epoch, 2 * configured_epoch)
+            c.fits_time = c.run_s <= budget
+
+    times(0.8)  # the configured recipe gets through 1.25 of its 2 epochs
+    chosen, why = _recommend(cands, 10**12, budget)
+    assert cands[chosen] is configured and "to the time budget" in why
+    times(1.5)  # not one epoch: the recipe that finishes
+    chosen, why = _recommend(cands, 10**12, budget)
+    assert cands[chosen] is cached and "does not fit" in why
+    out = apply_plan(cfg, {**result, "recommended": chosen, "settings": cached.settings()})
+    assert out.train.cache_prefix and out.train.freeze_layers == 1 and out.train.freeze_embeddings
+
+
+def test_the_cache_is_planned_within_its_share_of_the_memory_budget(tiny_encoder_dir, long_files, tmp_path):
+    """The cache gets a quarter of the memory budget; past it the uncached rows take the first epoch's time."""
+    from frugal_lm.plan import plan
+
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", batch_size=16, epochs=2, precision="fp32",
+                      freeze_embeddings=True, freeze_layers=1)
+    memory = 40_000
+    result = plan(cfg, memory=memory, reps=1, kernel_probe=False, base_memory=0, only_configured=False)
+    cached = next(c for c in result["candidates"] if c["method"] == "as configured, prefix cache on")
+    assert cached["tier"] == 0 and cached["memory"]["prefix_cache"] == memory // 4

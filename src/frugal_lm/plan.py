@@ -53,8 +53,9 @@ class Candidate:
     accumulation: int = 1  # micro-batches per optimizer step (per process)
     trainable: int = 0
     memory: dict[str, int] = field(default_factory=dict)  # base, weights, gradients, optimizer, activations, peak
-    step_s: float = 0.0  # mean seconds per optimizer step over the epoch
-    epoch_s: float = 0.0
+    step_s: float = 0.0  # mean seconds per optimizer step over the run
+    epoch_s: float = 0.0  # the first epoch
+    cached_epoch_s: float = 0.0  # each later epoch with train.cache_prefix (0: no cache; they take epoch_s)
     run_s: float = 0.0  # the configured epochs (or max_steps)
     fits_memory: bool = True
     fits_time: bool = True
@@ -175,26 +176,39 @@ def checkpointed_activations(full: int, model: Any, rows: int, width: int, bytes
     return int(full / layers + layers * rows * width * hidden * bytes_per)
 
 
-def _methods(cfg: RunConfig, n_layers: int) -> list[tuple[str, int, dict[str, Any]]]:
+def _methods(cfg: RunConfig, n_layers: int, cacheable: bool = False) -> list[tuple[str, int, dict[str, Any]]]:
     """The recipes to compare: (name, tier, config changes). The configured one first; then in order of what
-    they usually cost in accuracy (docs/plan.md): full, frozen embeddings, LoRA, frozen layers."""
+    they usually cost in accuracy (docs/plan.md): full, frozen embeddings, LoRA, frozen layers. With
+    `cacheable` (a BERT-family encoder, engine/prefix_cache.py), each recipe with frozen layers comes with and
+    without train.cache_prefix, at the same tier: the cache changes the time, not what is trained."""
     t, p = cfg.train, cfg.peft
-    plain = {"peft.method": "none", "train.freeze_embeddings": False, "train.freeze_layers": 0}
+    plain = {"peft.method": "none", "train.freeze_embeddings": False, "train.freeze_layers": 0,
+             "train.cache_prefix": False}
     out = [("as configured", 0, {})]
     configured = {"peft.method": p.method, "train.freeze_embeddings": t.freeze_embeddings,
-                  "train.freeze_layers": t.freeze_layers}
+                  "train.freeze_layers": t.freeze_layers, "train.cache_prefix": t.cache_prefix}
+    if cacheable and t.freeze_embeddings and t.freeze_layers and p.method == "none":
+        out.append((f"as configured, prefix cache {'off' if t.cache_prefix else 'on'}", 0,
+                    {"train.cache_prefix": not t.cache_prefix}))
     options = [("full fine-tune", plain), ("frozen embeddings", {**plain, "train.freeze_embeddings": True})]
     if p.method != "lora" or p.r != 8:
         options.append(("LoRA r=8", {**plain, "peft.method": "lora", "peft.r": 8, "peft.alpha": 16}))
     for n in sorted({max(1, n_layers // 3), max(1, n_layers // 2)}):
         if 0 < n < n_layers:
-            options.append((f"frozen embeddings + {n} layer{'s' if n > 1 else ''}",
-                            {**plain, "train.freeze_embeddings": True, "train.freeze_layers": n}))
+            frozen = {**plain, "train.freeze_embeddings": True, "train.freeze_layers": n}
+            name = f"frozen embeddings + {n} layer{'s' if n > 1 else ''}"
+            options.append((name, frozen))
+            if cacheable:
+                options.append((name + " + prefix cache", {**frozen, "train.cache_prefix": True}))
     if p.method == "lora":
         configured["peft.r"] = p.r
+    tier = 0
     for name, changes in options:
-        if {k: changes.get(k, v) for k, v in configured.items()} != configured:  # not the configured one again
-            out.append((name, len(out), changes))
+        if all(changes.get(k, v) == v for k, v in configured.items() if k != "train.cache_prefix"):
+            continue  # the configured recipe again (with and without the cache: tier 0 above)
+        if not changes.get("train.cache_prefix"):
+            tier += 1  # a cached recipe follows its uncached one, at its tier
+        out.append((name, tier, changes))
     return out
 
 
@@ -250,7 +264,7 @@ def _measure(trainer: Any, order: list[list[int]], lengths: list[int], micro: in
     picks = sorted({0, by_size[len(by_size) // 2], by_size[max(0, len(by_size) // 10)]})
     batches = {k: trainer._collate(order[k], 0, k) for k in picks}
     trainer.micro_batch = micro
-    for k in (0, by_size[len(by_size) // 2]):  # warm-up: the largest allocations, kernels' first calls
+    for k in picks:  # warm-up: the largest allocations, kernels' first calls, a prefix cache's misses
         trainer._step([batches[k]])
     best: dict[int, float] = {}
     for _ in range(reps):
@@ -265,6 +279,35 @@ def _measure(trainer: Any, order: list[list[int]], lengths: list[int], micro: in
     if per_token <= 0:
         per_step, per_token = 0.0, float(ys.sum() / xs[:, 1].sum())
     return _Timing(float(per_step), float(per_token))
+
+
+def _epoch_seconds(timing: _Timing, order: list[list[int]], lengths: list[int], micro: int,
+                   steps_per_epoch: int) -> float:
+    """An epoch's seconds: every batch's step time; the per-step cost once per optimizer step (a group of
+    grad_accum batches)."""
+    step_times = [timing.step(_padded(b, lengths, micro)) for b in order]
+    return sum(step_times) - timing.per_step * (len(order) - steps_per_epoch)
+
+
+def _cached_epoch(trainer: Any, order: list[list[int]], lengths: list[int], micro: int, rows: int, reps: int,
+                  layers: int, cap: int, tokens_total: int, first_s: float, steps_per_epoch: int) -> tuple[float, int]:
+    """(seconds of an epoch after the first, bytes of the cache) with train.cache_prefix: the measured batches
+    are run once to fill a real PrefixCache, then timed again served from it. Its bytes per token (hidden states
+    and keys) scale to the training set's tokens, up to `cap`; past the cap the uncached rows take the first
+    epoch's time, in proportion."""
+    from frugal_lm.engine.prefix_cache import PrefixCache
+
+    cache = PrefixCache(trainer.model, layers=layers, max_bytes=cap)
+    try:
+        timing = _measure(trainer, order, lengths, 0 if micro >= rows else micro, reps)  # its warm-up fills it
+        stored = sum(row.shape[0] for row in cache.store.values())
+        per_token = cache.bytes / max(1, stored)
+    finally:
+        cache.remove()
+    need = per_token * tokens_total
+    served = min(1.0, cap / need) if need else 1.0
+    cached_s = _epoch_seconds(timing, order, lengths, micro, steps_per_epoch)
+    return served * cached_s + (1 - served) * first_s, int(min(need, cap))
 
 
 def _shape_cache(model: Any, task: Any, order: list[list[int]], lengths: list[int], autocast: Any,
@@ -355,12 +398,16 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     width = max(lengths[i] for i in longest)
     rows = max(len(b) for b in order)
     from frugal_lm.engine.mfu import model_dims
+    from frugal_lm.engine.prefix_cache import model_supported
 
     n_layers = model_dims(pristine)[0]
+    cacheable = model_supported(pristine) is None
+    cache_cap = memory // 4  # what a run gives the cache (engine/run.py's _prefix_cache)
+    tokens_total = sum(lengths)
     candidates: list[Candidate] = []
     kernels: dict[int, float] = {}  # micro-batch -> bytes the epoch's shapes add, measured once (all recipes)
     with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
-        for name, tier, changes in _methods(cfg, n_layers)[:1 if only_configured else None]:
+        for name, tier, changes in _methods(cfg, n_layers, cacheable)[:1 if only_configured else None]:
             variant = _apply(cfg, changes)
             for checkpointing in (False, True):
                 if checkpointing and any(c.method == name and c.fits_memory and not c.micro_batch
@@ -398,15 +445,20 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                 for micro in timed:
                     timing = _measure(trainer, order, lengths, 0 if micro >= rows else micro, reps)
                     mem = dict(memory_of[micro])
+                    epoch_s = _epoch_seconds(timing, order, lengths, micro, steps_per_epoch)
+                    run_s, later_s = epoch_s * epochs, 0.0
+                    if variant.train.cache_prefix:  # later epochs: the frozen prefix served from the cache
+                        later_s, mem["prefix_cache"] = _cached_epoch(trainer, order, lengths, micro, rows, reps,
+                                                                     variant.train.freeze_layers, cache_cap,
+                                                                     tokens_total, epoch_s, steps_per_epoch)
+                        run_s = epoch_s * min(1.0, epochs) + later_s * max(0.0, epochs - 1)
                     mem["peak"] = sum(mem.values())
-                    step_times = [timing.step(_padded(b, lengths, micro)) for b in order]
-                    # optimizer steps: groups of grad_accum batches; the per-step cost once per group
-                    epoch_s = sum(step_times) - timing.per_step * (len(order) - steps_per_epoch)
                     c = Candidate(method=label, tier=tier + (0.5 if checkpointing else 0), changes=changes,
                                   micro_batch=0 if micro >= rows else micro, checkpointing=checkpointing,
                                   max_length=cfg.model.max_length, trainable=trainable, memory=mem,
                                   accumulation=t.grad_accum * math.ceil(rows / micro),
-                                  step_s=epoch_s / steps_per_epoch, epoch_s=epoch_s, run_s=epoch_s * epochs)
+                                  step_s=run_s / (steps_per_epoch * epochs), epoch_s=epoch_s,
+                                  cached_epoch_s=later_s, run_s=run_s)
                     c.fits_memory = mem["peak"] <= memory
                     c.fits_time = seconds is None or c.run_s <= seconds
                     candidates.append(c)
@@ -424,9 +476,10 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         log(f"plan: {c.method}, micro-batch {c.micro_batch or rows}: a fresh process over the epoch's "
             f"{measured['shapes']} batch shapes peaks at {format_size(measured['peak'])} "
             f"(components: {format_size(c.memory['peak'])})")
-        known = sum(v for k, v in c.memory.items() if k not in ("kernels", "peak", "probe"))
+        # the probe trains without the prefix cache (its steps would only fill it): the cache is added to it
+        known = sum(v for k, v in c.memory.items() if k not in ("kernels", "peak", "probe", "prefix_cache"))
         c.memory["kernels"] = max(0, measured["peak"] - known)
-        c.memory["peak"] = known + c.memory["kernels"]
+        c.memory["peak"] = known + c.memory["kernels"] + c.memory.get("prefix_cache", 0)
         c.memory["probe"] = measured["peak"]
         c.fits_memory = c.memory["peak"] <= memory
         chosen, why = _recommend(candidates, memory, seconds)
@@ -456,16 +509,31 @@ def _fastest(candidates: list[Any], indices: list[int]) -> int:
 
 
 def _recommend(candidates: list[Candidate], memory: int, seconds: float | None) -> tuple[int | None, str]:
-    """The least change that fits: the lowest tier with a candidate fitting both budgets, its fastest; else the
-    fastest that fits memory (the run then ends at the time budget, its learning rate decayed by then)."""
+    """The least change that fits: the lowest tier with a candidate fitting both budgets, its fastest.
+
+    A time budget is met by the schedule as well as by the recipe: a run that does not finish its epochs ends at
+    the budget with its learning rate decayed to the end there (engine/trainer.py). Measured on SST-2 and CoNLL
+    entity types (BENCHMARKS.md), the configured recipe cut to 1.4 of its 3 epochs that way was as accurate or
+    better (+1.4 and +0.2 points) than half the encoder frozen and cached for all 3 epochs in the same time. So
+    a recipe of a lower tier that fits memory and gets through at least one epoch within the budget is
+    preferred to a higher tier that finishes; with nothing getting through an epoch, the fastest that fits."""
     fitting = [i for i, c in enumerate(candidates) if c.fits]
+    in_memory = [i for i, c in enumerate(candidates) if c.fits_memory]
+    reach = [i for i in in_memory if seconds is not None and candidates[i].epoch_s <= seconds]
+    if reach and (not fitting or min(candidates[i].tier for i in reach) < min(candidates[i].tier for i in fitting)):
+        tier = min(candidates[i].tier for i in reach)
+        best = _fastest(candidates, [i for i in reach if candidates[i].tier == tier])
+        c = candidates[best]
+        what = "the configured recipe" if tier == 0 else f"{c.method} (the configured recipe does not fit)"
+        return best, (f"{what}, to the time budget: it does not finish its epochs within "
+                      f"{format_duration(seconds or 0)}, so train.time_budget ends it there with its learning rate "
+                      "decayed (measured as accurate as training fewer weights to the end: BENCHMARKS.md)")
     if fitting:
         tier = min(candidates[i].tier for i in fitting)
         best = _fastest(candidates, [i for i in fitting if candidates[i].tier == tier])
         c = candidates[best]
         what = "the configured recipe" if tier == 0 else f"{c.method} (the configured recipe does not fit)"
         return best, f"{what}, fastest micro-batch that fits: {c.micro_batch or 'whole batches'}"
-    in_memory = [i for i, c in enumerate(candidates) if c.fits_memory]
     if in_memory:
         best = min(in_memory, key=lambda i: candidates[i].run_s)
         return best, (f"nothing finishes its epochs within {format_duration(seconds or 0)}: the fastest that fits "
@@ -484,7 +552,7 @@ def table(result: dict[str, Any]) -> str:
         shown[method] = _fastest(cands, fit) if fit else min(mine, key=lambda i: cands[i]["memory"]["peak"])
     if result["recommended"] is not None:
         shown[result["candidates"][result["recommended"]]["method"]] = result["recommended"]
-    head = f"{'':2}{'recipe':<44}{'micro x acc':>12}{'trainable':>11}{'peak mem':>12}{'step':>8}{'epoch':>9}{'run':>9}  fits"
+    head = f"{'':2}{'recipe':<44}{'micro x acc':>12}{'trainable':>11}{'peak mem':>12}{'step':>8}{'epoch':>11}{'run':>9}  fits"
     rows.append(head)
     for i in shown.values():
         c = result["candidates"][i]
@@ -494,16 +562,22 @@ def table(result: dict[str, Any]) -> str:
         fits = fits if c["fits"] else f"no ({fits})"
         peak = format_size(c["memory"]["peak"]) + ("+" if "probe" in c["memory"] else " ")
         rows.append(f"{mark} {c['method']:<44}{micro:>12}{c['trainable'] / 1e6:>10.2f}M"
-                    f"{peak:>12}{c['step_s']:>7.2f}s{format_duration(round(c['epoch_s'])):>9}"
+                    f"{peak:>12}{c['step_s']:>7.2f}s{_epochs(c):>11}"
                     f"{format_duration(round(c['run_s'])):>9}  {fits}")
     budget = f"memory budget {format_size(result['memory_budget'])}"
     if result["time_budget"]:
         budget += f", time budget {format_duration(result['time_budget'])}"
-    rows.append("peak mem: the sum of measured parts (docs/plan.md); + measured whole in a fresh probe process")
+    rows.append("peak mem: the sum of measured parts (docs/plan.md); + measured whole in a fresh probe process; "
+                "epoch: the first / each later one where the prefix cache serves them")
     rows.append(f"{budget}; base process {format_size(result['base_memory'])}; "
                 f"{result['epochs']:g} epoch(s) of {result['steps_per_epoch']} steps; planned in {result['plan_seconds']}s")
     rows.append(f"recommended: {result['why']}" if result["recommended"] is not None else f"no fit: {result['why']}")
     return "\n".join(rows)
+
+
+def _epochs(c: dict[str, Any]) -> str:
+    first = format_duration(round(c["epoch_s"]))
+    return f"{first}/{format_duration(round(c['cached_epoch_s']))}" if c.get("cached_epoch_s") else first
 
 
 def apply_plan(cfg: RunConfig, result: dict[str, Any]) -> RunConfig:
@@ -590,15 +664,24 @@ def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
         shapes.setdefault((len(b), max(lengths[i] for i in b)), k)
     picks = list(shapes.values())
     picks = [picks[0], *picks[1:][:: max(1, -(-(len(picks) - 1) // max(1, limit - 1)))]]
+    cache = None
+    if t.cache_prefix:  # its first epoch runs the frozen prefix in inference mode: kernels of its own
+        from frugal_lm.engine.prefix_cache import PrefixCache
+
+        cache = PrefixCache(model, layers=t.freeze_layers)
     with tempfile.TemporaryDirectory(prefix="frugal-probe-") as tmp:
         trainer = Trainer(model, task, task.train_set, task.collator(), t, tmp)
         trainer._step([trainer._collate(order[picks[0]], 0, 0)])
         first = peak_rss_bytes()
+        stored = cache.bytes if cache is not None else 0
         for k in picks[1:]:
             trainer._step([trainer._collate(order[k], 0, k)])
     peak = peak_rss_bytes()
     scale = (len(shapes) - 1) / max(1, len(picks) - 1)
-    return {"peak": int(first + (peak - first) * max(1.0, scale)), "shapes": len(shapes), "probed": len(picks)}
+    # without the rows the probe's steps stored in the cache: the planner counts the whole cache itself
+    grown = peak - first - ((cache.bytes - stored) if cache is not None else 0)
+    return {"peak": int(first - stored + max(0, grown) * max(1.0, scale)), "shapes": len(shapes),
+            "probed": len(picks)}
 
 
 def probe_in_child(cfg: RunConfig) -> dict[str, Any]:

@@ -54,6 +54,12 @@ def _parts(model: Any) -> tuple[nn.Module, nn.Module, nn.ModuleList] | str:
     return f"{type(hf).__name__}: no embeddings module and encoder layer list found for the prefix cache"
 
 
+def model_supported(model: Any) -> str | None:
+    """None when the cache can serve this kind of model once its prefix is frozen, else one line saying why not."""
+    parts = _parts(model)
+    return parts if isinstance(parts, str) else None
+
+
 def prefix_cache_supported(model: Any, layers: int) -> str | None:
     """None when `PrefixCache(model, layers)` can be installed, else one line saying why not."""
     parts = _parts(model)
