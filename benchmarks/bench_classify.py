@@ -44,6 +44,8 @@ VARIANTS = {
     "frugal, 2 layers frozen + prefix cache": {"freeze_layers": 2, "cache_prefix": True},
     "frugal, 3 layers frozen": {"freeze_layers": 3},
     "frugal, 3 layers frozen + prefix cache": {"freeze_layers": 3, "cache_prefix": True},
+    # the default recipe to a time budget (under 1/5 of the Trainer's 3 epochs here): the schedule decays by then
+    "frugal, time budget 60s": {"time_budget": "60s"},
 }
 
 

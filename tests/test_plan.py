@@ -362,6 +362,10 @@ def test_the_cache_is_planned_within_its_share_of_the_memory_budget(tiny_encoder
     cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", batch_size=16, epochs=2, precision="fp32",
                       freeze_embeddings=True, freeze_layers=1)
     memory = 40_000
-    result = plan(cfg, memory=memory, reps=1, kernel_probe=False, base_memory=0, only_configured=False)
+    result = plan(cfg, memory=memory, seconds=3600, reps=1, kernel_probe=False, base_memory=0,
+                  counts_planning=True)
     cached = next(c for c in result["candidates"] if c["method"] == "as configured, prefix cache on")
     assert cached["tier"] == 0 and cached["memory"]["prefix_cache"] == memory // 4
+    # train --auto: the budget started with planning, so what planning took is not left for training
+    assert 3600 - result["plan_seconds"] - 1 <= result["time_left"] < 3600
+    assert all(c["fits_time"] == (c["run_s"] <= result["time_left"]) for c in result["candidates"])

@@ -348,7 +348,8 @@ def _shape_cache(model: Any, task: Any, order: list[list[int]], lengths: list[in
 
 def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None, reps: int = 2,
          log: Any = None, prepared: tuple[Any, Any] | None = None, only_configured: bool = False,
-         kernel_probe: bool = True, base_memory: int | None = None) -> dict[str, Any]:
+         kernel_probe: bool = True, base_memory: int | None = None,
+         counts_planning: bool = False) -> dict[str, Any]:
     """Measure the candidates for `cfg` and recommend one.
 
     Args:
@@ -363,6 +364,8 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
             _shape_cache); off, the weights count their tensors' bytes and the shapes 0 (tests of the arithmetic, on
             models whose needs are smaller than the process's noise).
         base_memory: the process's memory before the model is loaded (default: this process's, measured).
+        counts_planning: the time budget started with planning (train --auto): candidates are judged against
+            what is left of it when planning ends.
 
     Returns:
         {"candidates": [Candidate as dicts], "recommended": index or None, "why": text, "memory_budget",
@@ -466,7 +469,13 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                         f"{format_size(mem['peak'])}, {c.step_s:.2f}s per step ({time.perf_counter() - began:.0f}s "
                         "so far)")
                 del trainer, model
-    chosen, why = _recommend(candidates, memory, seconds)
+    left = seconds
+    if counts_planning and seconds:
+        left = max(1.0, seconds - (time.perf_counter() - began))
+        for c in candidates:
+            c.fits_time = c.run_s <= left
+        log(f"plan: {format_duration(round(left))} of the {format_duration(seconds)} budget left after planning")
+    chosen, why = _recommend(candidates, memory, left)
     probed: set[int] = set()
     while kernel_probe and chosen is not None and chosen not in probed and len(probed) < 3:
         # the recommendation's peak measured in a fresh process: this one's allocator hides what a run grows by
@@ -482,7 +491,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         c.memory["peak"] = known + c.memory["kernels"] + c.memory.get("prefix_cache", 0)
         c.memory["probe"] = measured["peak"]
         c.fits_memory = c.memory["peak"] <= memory
-        chosen, why = _recommend(candidates, memory, seconds)
+        chosen, why = _recommend(candidates, memory, left)
     settings = {}
     if chosen is not None:
         c = candidates[chosen]
@@ -490,7 +499,8 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         if not c.fits_time and seconds:
             settings["train.time_budget"] = format_duration(seconds)
     return {"candidates": [{**asdict(c), "fits": c.fits} for c in candidates], "recommended": chosen, "why": why,
-            "memory_budget": memory, "time_budget": seconds, "base_memory": base, "settings": settings,
+            "memory_budget": memory, "time_budget": seconds, "time_left": left, "base_memory": base,
+            "settings": settings,
             "epochs": epochs, "steps_per_epoch": steps_per_epoch, "plan_seconds": round(time.perf_counter() - began, 1)}
 
 
@@ -567,6 +577,8 @@ def table(result: dict[str, Any]) -> str:
     budget = f"memory budget {format_size(result['memory_budget'])}"
     if result["time_budget"]:
         budget += f", time budget {format_duration(result['time_budget'])}"
+        if result.get("time_left") and result["time_left"] != result["time_budget"]:
+            budget += f" ({format_duration(round(result['time_left']))} left after planning)"
     rows.append("peak mem: the sum of measured parts (docs/plan.md); + measured whole in a fresh probe process; "
                 "epoch: the first / each later one where the prefix cache serves them")
     rows.append(f"{budget}; base process {format_size(result['base_memory'])}; "
@@ -710,7 +722,8 @@ def plan_in_child(cfg: RunConfig) -> dict[str, Any]:
         path = f"{tmp}/config.yaml"
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(cfg.to_yaml())
-        out = subprocess.run([sys.executable, "-m", "frugal_lm", "plan", path, "--json"], stdout=subprocess.PIPE,
+        out = subprocess.run([sys.executable, "-m", "frugal_lm", "plan", path, "--json", "--budget-counts-planning"],
+                             stdout=subprocess.PIPE,
                              stderr=None, text=True)
     if out.returncode not in (0, 2) or not out.stdout.strip():
         raise FrugalError(f"train --auto: planning failed (exit {out.returncode}; its messages are above)")
