@@ -363,9 +363,30 @@ def test_the_cache_is_planned_within_its_share_of_the_memory_budget(tiny_encoder
                       freeze_embeddings=True, freeze_layers=1)
     memory = 40_000
     result = plan(cfg, memory=memory, seconds=3600, reps=1, kernel_probe=False, base_memory=0,
-                  counts_planning=True)
+                  for_auto=True)
     cached = next(c for c in result["candidates"] if c["method"] == "as configured, prefix cache on")
     assert cached["tier"] == 0 and cached["memory"]["prefix_cache"] == memory // 4
     # train --auto: the budget started with planning, so what planning took is not left for training
     assert 3600 - result["plan_seconds"] - 1 <= result["time_left"] < 3600
     assert all(c["fits_time"] == (c["run_s"] <= result["time_left"]) for c in result["candidates"])
+
+
+def test_planning_for_auto_stops_at_the_configured_recipe_when_it_is_the_answer(tiny_encoder_dir, long_files,
+                                                                                 tmp_path):
+    from frugal_lm.plan import plan
+
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", batch_size=16, epochs=2, precision="fp32")
+    quick = plan(cfg, memory=10**12, reps=1, kernel_probe=False, base_memory=0, for_auto=True)
+    assert {c["method"] for c in quick["candidates"]} == {"as configured"}
+    assert quick["candidates"][quick["recommended"]]["method"] == "as configured"
+    # whole batches do not fit: a smaller micro-batch of the configured recipe does, so planning stops there
+    need = quick["candidates"][0]["memory"]["peak"]
+    tight = plan(cfg, memory=need - 1, reps=1, kernel_probe=False, base_memory=0, for_auto=True)
+    chosen = tight["candidates"][tight["recommended"]]
+    assert chosen["method"].startswith("as configured") and chosen["memory"]["peak"] <= need - 1
+    assert chosen["micro_batch"] or chosen["checkpointing"]
+    assert {c["method"] for c in tight["candidates"]} <= {"as configured", "as configured + checkpointing"}
+    # nothing of the configured recipe fits: the other recipes are measured
+    none = plan(cfg, memory=1, reps=1, kernel_probe=False, base_memory=0, for_auto=True)
+    assert none["recommended"] is None
+    assert {"full fine-tune", "frozen embeddings + 1 layer + prefix cache"} <= {c["method"] for c in none["candidates"]}

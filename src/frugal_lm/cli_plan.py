@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
                                              "of the configured recipe only (quicker)")] = False,
         reps: Annotated[int, Opt("--reps", min=1, help="timed repetitions of each measured batch (the fastest counts)")] = 2,
         set_: Annotated[list[str] | None, Opt("--set", help="override any config key: --set train.lr=3e-5")] = None,
-        counts_planning: Annotated[bool, Opt("--budget-counts-planning", hidden=True)] = False,  # train --auto's
+        for_auto: Annotated[bool, Opt("--for-auto", hidden=True)] = False,  # train --auto's (plan.plan)
     ) -> None:
         """Predict peak memory and training time of candidate recipes (full fine-tuning, frozen embeddings or
         layers, LoRA, gradient checkpointing, micro-batch sizes) by timing real steps on the real data; say
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, overrides, set_ or [])
         result = plan(cfg, memory=parse_size(memory, "--memory") if memory else None,
                       seconds=parse_duration(time_, "--time") if time_ else None, reps=reps,
-                      only_configured=only_configured, counts_planning=counts_planning)
+                      only_configured=only_configured, for_auto=for_auto)
         typer.echo(json.dumps(result, indent=2) if as_json else table(result))
         if write is not None:
             write_text(write, apply_plan(cfg, result).to_yaml())

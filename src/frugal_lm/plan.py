@@ -349,7 +349,7 @@ def _shape_cache(model: Any, task: Any, order: list[list[int]], lengths: list[in
 def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None, reps: int = 2,
          log: Any = None, prepared: tuple[Any, Any] | None = None, only_configured: bool = False,
          kernel_probe: bool = True, base_memory: int | None = None,
-         counts_planning: bool = False) -> dict[str, Any]:
+         for_auto: bool = False) -> dict[str, Any]:
     """Measure the candidates for `cfg` and recommend one.
 
     Args:
@@ -364,8 +364,10 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
             _shape_cache); off, the weights count their tensors' bytes and the shapes 0 (tests of the arithmetic, on
             models whose needs are smaller than the process's noise).
         base_memory: the process's memory before the model is loaded (default: this process's, measured).
-        counts_planning: the time budget started with planning (train --auto): candidates are judged against
-            what is left of it when planning ends.
+        for_auto: planning for `train --auto`, whose time budget started with planning: candidates are judged
+            against what is left of it; the other recipes are not measured when the configured one is the
+            recommendation (the table is for `frugal plan`); and the fresh-process memory probe runs only when
+            the predicted peak comes within half of the memory budget (below that it cannot change the choice).
 
     Returns:
         {"candidates": [Candidate as dicts], "recommended": index or None, "why": text, "memory_budget",
@@ -411,6 +413,14 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     kernels: dict[int, float] = {}  # micro-batch -> bytes the epoch's shapes add, measured once (all recipes)
     with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
         for name, tier, changes in _methods(cfg, n_layers, cacheable)[:1 if only_configured else None]:
+            if for_auto and tier > 0 and candidates:  # the configured recipe measured: is it the answer?
+                spent = time.perf_counter() - began
+                left_now = max(1.0, seconds - spent) if seconds else None
+                for c in candidates:
+                    c.fits_time = left_now is None or c.run_s <= left_now
+                chosen, _ = _recommend(candidates, memory, left_now)
+                if chosen is not None and candidates[chosen].tier < 1:
+                    break
             variant = _apply(cfg, changes)
             for checkpointing in (False, True):
                 if checkpointing and any(c.method == name and c.fits_memory and not c.micro_batch
@@ -470,14 +480,15 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                         "so far)")
                 del trainer, model
     left = seconds
-    if counts_planning and seconds:
+    if for_auto and seconds:
         left = max(1.0, seconds - (time.perf_counter() - began))
         for c in candidates:
             c.fits_time = c.run_s <= left
         log(f"plan: {format_duration(round(left))} of the {format_duration(seconds)} budget left after planning")
     chosen, why = _recommend(candidates, memory, left)
     probed: set[int] = set()
-    while kernel_probe and chosen is not None and chosen not in probed and len(probed) < 3:
+    while (kernel_probe and chosen is not None and chosen not in probed and len(probed) < 3
+           and not (for_auto and candidates[chosen].memory["peak"] <= memory / 2)):
         # the recommendation's peak measured in a fresh process: this one's allocator hides what a run grows by
         c = candidates[chosen]
         probed.add(chosen)
@@ -722,7 +733,7 @@ def plan_in_child(cfg: RunConfig) -> dict[str, Any]:
         path = f"{tmp}/config.yaml"
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(cfg.to_yaml())
-        out = subprocess.run([sys.executable, "-m", "frugal_lm", "plan", path, "--json", "--budget-counts-planning"],
+        out = subprocess.run([sys.executable, "-m", "frugal_lm", "plan", path, "--json", "--for-auto"],
                              stdout=subprocess.PIPE,
                              stderr=None, text=True)
     if out.returncode not in (0, 2) or not out.stdout.strip():
