@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fewshot as bf  # noqa: E402
+from screen_fewshot_lpft import shipped_run  # noqa: E402
 
-from frugal_lm.cli_cv import sample_per_class  # noqa: E402
-from frugal_lm.config import load_config  # noqa: E402
-from frugal_lm.engine.run import load_run  # noqa: E402
-from frugal_lm.engine.run import train as run_train  # noqa: E402
 from frugal_lm.tasks import fewshot  # noqa: E402
 
 
@@ -36,17 +32,8 @@ def main() -> None:
     cs = [float(x) for x in sys.argv[4].split(",")]
     pool, dev = bf.SETS[name]()
     for seed in seeds:
-        train = [pool[i] for i in sample_per_class([lab for _, lab in pool], size, seed)]
         with tempfile.TemporaryDirectory() as tmp:
-            train_file = bf.write_tsv(Path(tmp) / "train.tsv", train)
-            dev_file = bf.write_tsv(Path(tmp) / "dev.tsv", dev)
-            cfg = load_config(overrides={"output": f"{tmp}/run", "model": {"name": "minilm", "max_length": 64},
-                                         "data": {"train": str(train_file)}, "train": {"seed": seed}},
-                              sets=["classify.method=fewshot"])
-            t0 = time.perf_counter()
-            run_train(cfg, progress=False)
-            stage = time.perf_counter() - t0
-            _, task, model = load_run(cfg.output)
+            task, model, train_file, dev_file, stage = shipped_run(pool, dev, size, seed, tmp)
             shipped = task.evaluate(model, task.read(str(dev_file)))["accuracy"]
             collate = task.collator()
             examples = task.encode(task.read(str(train_file)))

@@ -54,6 +54,22 @@ def fine_tune(task, model, train_examples, dev_records, lr: float, seed: int, em
             emit(lr=lr, epoch=epoch, acc=task.evaluate(model, dev_records)["accuracy"], ft_s=seconds)
 
 
+def shipped_run(pool: list, dev: list, size: int, seed: int, tmp: str) -> tuple:
+    """The few-shot run as shipped on a `size`-per-class sample of `pool` (seed `seed`), in folder `tmp`:
+    (task, model, train file, dev file, seconds of the run)."""
+    train = [pool[i] for i in sample_per_class([lab for _, lab in pool], size, seed)]
+    train_file = bf.write_tsv(Path(tmp) / "train.tsv", train)
+    dev_file = bf.write_tsv(Path(tmp) / "dev.tsv", dev)
+    cfg = load_config(overrides={"output": f"{tmp}/run", "model": {"name": "minilm", "max_length": 64},
+                                 "data": {"train": str(train_file)}, "train": {"seed": seed}},
+                      sets=["classify.method=fewshot"])
+    t0 = time.perf_counter()
+    run_train(cfg, progress=False)
+    stage = time.perf_counter() - t0
+    _, task, model = load_run(cfg.output)
+    return task, model, train_file, dev_file, stage
+
+
 def main() -> None:
     torch.set_num_threads(1)
     name, size = sys.argv[1], int(sys.argv[2])
@@ -61,21 +77,12 @@ def main() -> None:
     lrs = [float(x) for x in sys.argv[4].split(",")]
     pool, dev = bf.SETS[name]()
     for seed in seeds:
-        train = [pool[i] for i in sample_per_class([lab for _, lab in pool], size, seed)]
 
         def emit(seed: int = seed, **row) -> None:
             print(json.dumps({"set": name, "seed": seed, **row}), flush=True)
 
         with tempfile.TemporaryDirectory() as tmp:
-            train_file = bf.write_tsv(Path(tmp) / "train.tsv", train)
-            dev_file = bf.write_tsv(Path(tmp) / "dev.tsv", dev)
-            cfg = load_config(overrides={"output": f"{tmp}/run", "model": {"name": "minilm", "max_length": 64},
-                                         "data": {"train": str(train_file)}, "train": {"seed": seed}},
-                              sets=["classify.method=fewshot"])
-            t0 = time.perf_counter()
-            run_train(cfg, progress=False)
-            stage = time.perf_counter() - t0
-            _, task, model = load_run(cfg.output)
+            task, model, train_file, dev_file, stage = shipped_run(pool, dev, size, seed, tmp)
             dev_records = task.read(str(dev_file))
             emit(lr=None, epoch=0, acc=task.evaluate(model, dev_records)["accuracy"], stage_s=stage)
             examples = task.encode(task.read(str(train_file)))
