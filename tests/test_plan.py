@@ -309,7 +309,8 @@ def test_batch_tokens_trains_and_rejects_a_balanced_sampler(tiny_encoder_dir, se
 def test_the_plan_models_the_prefix_cache_of_frozen_layers(planned):
     """A recipe with frozen layers comes with and without train.cache_prefix, at one tier; the cached one's
     later epochs are timed with a real cache, and its memory holds the cache: hidden states (fp32, 32 wide)
-    plus the keys (input ids, int64; token types too where the tokenizer gives them) of every training token."""
+    plus the keys (input ids, int64; token types too where the tokenizer gives them) of every training and
+    evaluation token."""
     cfg, result = planned
     plain = _by(result, "frozen embeddings + 1 layer")
     cached = _by(result, "frozen embeddings + 1 layer + prefix cache")
@@ -318,7 +319,8 @@ def test_the_plan_models_the_prefix_cache_of_frozen_layers(planned):
     from frugal_lm.engine.run import prepare_task
 
     task, _ = prepare_task(cfg)
-    tokens = sum(task.lengths(task.train_set))
+    tokens = sum(task.lengths(task.train_set)) + sum(task.lengths(task.eval_set))  # evaluations pass it too
+    assert task.eval_set
     keys = 2 if "token_type_ids" in task.collator()([task.train_set[0]]) else 1
     assert cached["memory"]["prefix_cache"] == tokens * (32 * 4 + keys * 8)
     assert cached["memory"]["peak"] == sum(v for k, v in cached["memory"].items() if k != "peak")

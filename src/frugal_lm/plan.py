@@ -293,7 +293,7 @@ def _cached_epoch(trainer: Any, order: list[list[int]], lengths: list[int], micr
                   layers: int, cap: int, tokens_total: int, first_s: float, steps_per_epoch: int) -> tuple[float, int]:
     """(seconds of an epoch after the first, bytes of the cache) with train.cache_prefix: the measured batches
     are run once to fill a real PrefixCache, then timed again served from it. Its bytes per token (hidden states
-    and keys) scale to the training set's tokens, up to `cap`; past the cap the uncached rows take the first
+    and keys) scale to the training and evaluation sets' tokens, up to `cap`; past the cap the uncached rows take the first
     epoch's time, in proportion."""
     from frugal_lm.engine.prefix_cache import PrefixCache
 
@@ -408,7 +408,8 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     n_layers = model_dims(pristine)[0]
     cacheable = model_supported(pristine) is None
     cache_cap = memory // 4  # what a run gives the cache (engine/run.py's _prefix_cache)
-    tokens_total = sum(lengths)
+    # the cache keeps what the run's evaluations pass through it too (they run with it installed)
+    tokens_total = sum(lengths) + (sum(task.lengths(task.eval_set)) if getattr(task, "eval_set", None) else 0)
     candidates: list[Candidate] = []
     kernels: dict[int, float] = {}  # micro-batch -> bytes the epoch's shapes add, measured once (all recipes)
     with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
