@@ -318,3 +318,15 @@ def test_lora_ner_run_exported_unmerged_predicts_like_merged(ner_model_dir, ner_
 
     for a, b in zip(rows[True], rows[False], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_the_planner_times_the_prefix_cache_on_a_tagger(ner_model_dir, ner_files, tmp_path):
+    """Token classification plans its cached recipes too: later epochs timed with a real cache on the tagger,
+    the cache's memory counted."""
+    from frugal_lm.plan import plan
+
+    cfg = ner_config(ner_model_dir, ner_files, tmp_path / "run", epochs=3, precision="fp32")
+    result = plan(cfg, memory=10**12, reps=1, kernel_probe=False, base_memory=0)
+    cached = next(c for c in result["candidates"] if c["method"] == "frozen embeddings + 1 layer + prefix cache")
+    assert cached["memory"]["prefix_cache"] > 0 and cached["cached_epoch_s"] > 0
+    assert cached["run_s"] == pytest.approx(cached["epoch_s"] + 2 * cached["cached_epoch_s"])
