@@ -46,6 +46,8 @@ VARIANTS = {
     "frugal, 3 layers frozen + prefix cache": {"freeze_layers": 3, "cache_prefix": True},
     # the default recipe to a time budget (under 1/5 of the Trainer's 3 epochs here): the schedule decays by then
     "frugal, time budget 60s": {"time_budget": "60s"},
+    # the same, planned first (`frugal train --auto`): planning counts against the budget
+    "frugal --auto, time budget 60s": {"time_budget": "60s", "auto": True},
 }
 
 
@@ -56,13 +58,23 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1)
     with tempfile.TemporaryDirectory() as tmp:
         train_file = Path(tmp) / "train.tsv"
         train_file.write_text("\n".join(TRAIN.read_text().splitlines()[: rows + 1]) + "\n")
+        settings = dict(VARIANTS[variant])
+        auto = settings.pop("auto", False)
         cfg = load_config(overrides={
             "output": str(Path(tmp) / "run"), "model": {"name": "minilm", "max_length": 64},
             "data": {"train": str(train_file), "eval": str(DEV), "text_column": "sentence"},
-            "train": {"epochs": epochs, "batch_size": 32, "seed": seed, **VARIANTS[variant]},
+            "train": {"epochs": epochs, "batch_size": 32, "seed": seed, **settings},
         })
         t0 = time.perf_counter()
-        summary = train(cfg, progress=False)
+        planned, started = None, None
+        if auto:  # as `frugal train --auto` does it (cli.py)
+            from frugal_lm.engine.trainer import Trainer
+            from frugal_lm.plan import apply_plan, plan_in_child
+
+            started = Trainer.clock()
+            planned = plan_in_child(cfg)
+            cfg = apply_plan(cfg, planned)
+        summary = train(cfg, progress=False, planned=planned, started=started)
         wall = time.perf_counter() - t0
     return {"examples_per_s": summary["train_examples_per_s"], "train_seconds": summary["train_seconds"],
             "dev_accuracy": summary["final"]["accuracy"], "wall_seconds": wall,
