@@ -415,11 +415,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     with tempfile.TemporaryDirectory(prefix="frugal-plan-") as tmp:
         for name, tier, changes in _methods(cfg, n_layers, cacheable)[:1 if only_configured else None]:
             if for_auto and tier > 0 and candidates:  # the configured recipe measured: is it the answer?
-                spent = time.perf_counter() - began
-                left_now = max(1.0, seconds - spent) if seconds else None
-                for c in candidates:
-                    c.fits_time = left_now is None or c.run_s <= left_now
-                chosen, _ = _recommend(candidates, memory, left_now)
+                chosen, _ = _recommend(candidates, memory, _judge_time(candidates, seconds, began))
                 if chosen is not None and candidates[chosen].tier < 1:
                     break
             variant = _apply(cfg, changes)
@@ -482,9 +478,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                 del trainer, model
     left = seconds
     if for_auto and seconds:
-        left = max(1.0, seconds - (time.perf_counter() - began))
-        for c in candidates:
-            c.fits_time = c.run_s <= left
+        left = _judge_time(candidates, seconds, began)
         log(f"plan: {format_duration(round(left))} of the {format_duration(seconds)} budget left after planning")
     chosen, why = _recommend(candidates, memory, left)
     probed: set[int] = set()
@@ -497,7 +491,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         log(f"plan: {c.method}, micro-batch {c.micro_batch or rows}: a fresh process over the epoch's "
             f"{measured['shapes']} batch shapes peaks at {format_size(measured['peak'])} "
             f"(components: {format_size(c.memory['peak'])})")
-        # the probe trains without the prefix cache (its steps would only fill it): the cache is added to it
+        # the probe leaves out the rows its few steps stored in the prefix cache: the whole cache is added here
         known = sum(v for k, v in c.memory.items() if k not in ("kernels", "peak", "probe", "prefix_cache"))
         c.memory["kernels"] = max(0, measured["peak"] - known)
         c.memory["peak"] = known + c.memory["kernels"] + c.memory.get("prefix_cache", 0)
@@ -514,6 +508,15 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
             "memory_budget": memory, "time_budget": seconds, "time_left": left, "base_memory": base,
             "settings": settings,
             "epochs": epochs, "steps_per_epoch": steps_per_epoch, "plan_seconds": round(time.perf_counter() - began, 1)}
+
+
+def _judge_time(candidates: list[Candidate], seconds: float | None, began: float) -> float | None:
+    """What is left of a time budget that started at `began` (train --auto: planning counts), with each
+    candidate's fits_time set against it; None without a budget."""
+    left = max(1.0, seconds - (time.perf_counter() - began)) if seconds else None
+    for c in candidates:
+        c.fits_time = left is None or c.run_s <= left
+    return left
 
 
 def _fastest(candidates: list[Any], indices: list[int]) -> int:
