@@ -67,13 +67,10 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1)
         })
         t0 = time.perf_counter()
         planned, started = None, None
-        if auto:  # as `frugal train --auto` does it (cli.py)
-            from frugal_lm.engine.trainer import Trainer
-            from frugal_lm.plan import apply_plan, plan_in_child
+        if auto:  # as `frugal train --auto` does it
+            from frugal_lm.plan import plan_for_auto
 
-            started = Trainer.clock()
-            planned = plan_in_child(cfg)
-            cfg = apply_plan(cfg, planned)
+            cfg, planned, started = plan_for_auto(cfg)
         summary = train(cfg, progress=False, planned=planned, started=started)
         wall = time.perf_counter() - t0
     return {"examples_per_s": summary["train_examples_per_s"], "train_seconds": summary["train_seconds"],

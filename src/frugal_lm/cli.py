@@ -112,13 +112,9 @@ def train(
     if auto:
         if resume:
             raise FrugalError("--auto and --resume: a resumed run keeps the recipe it was planned with")
-        from frugal_lm.engine.trainer import Trainer
-        from frugal_lm.plan import apply_plan, plan_in_child, table
+        from frugal_lm.plan import plan_for_auto
 
-        began = Trainer.clock()
-        planned = plan_in_child(cfg)
-        typer.echo(table(planned), err=True)
-        cfg = apply_plan(cfg, planned)
+        cfg, planned, began = plan_for_auto(cfg, show=lambda text: typer.echo(text, err=True))
     summary = run_train(cfg, resume=resume, overwrite=overwrite, progress=not quiet,
                         budget_minutes=budget_seconds(cfg.train) / 60 if given else None,
                         planned=planned, started=began)

@@ -727,6 +727,18 @@ def probe_in_child(cfg: RunConfig) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def plan_for_auto(cfg: RunConfig, show: Any = None) -> tuple[RunConfig, dict[str, Any], float]:
+    """`train --auto`'s planning: (cfg with the recommendation applied, the plan, the clock when planning
+    began: the run's time budget counts from there). `show` gets the table first, also when nothing fits."""
+    from frugal_lm.engine.trainer import Trainer
+
+    began = Trainer.clock()
+    planned = plan_in_child(cfg)
+    if show is not None:
+        show(table(planned))
+    return apply_plan(cfg, planned), planned, began
+
+
 def plan_in_child(cfg: RunConfig) -> dict[str, Any]:
     """`plan(cfg)` in a child process (`frugal plan --json`): the planner's models, copies and kernel caches then
     leave the training process as it would be without them, so its measured peak is the one predicted."""
