@@ -8,7 +8,9 @@ SPEC.json: {"model": dir, "train": file, "eval": file, "partial": run_dir, "resu
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +34,14 @@ def config(spec: dict, output: str, **keys):
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+
+    # registered before the engine's own exit handler, so run after it (atexit is last-in, first-out): records
+    # whether the process group is gone before interpreter teardown, where gloo's threads can abort the process
+    def at_exit() -> None:
+        alive = torch.distributed.is_initialized()
+        (Path(spec["shards"]) / f"exit{os.environ['RANK']}.json").write_text(json.dumps({"group_alive": alive}))
+
+    atexit.register(at_exit)
     ps = process_state()
     assert ps.num_processes == 2, ps.num_processes
     # a run checkpointed by 2 processes, to be resumed by 1

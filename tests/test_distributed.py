@@ -91,6 +91,8 @@ def test_checkpoints_move_between_process_counts_and_evaluation_is_sharded(
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(worker), str(spec)], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each process destroyed its process group before interpreter teardown
+    assert [json.loads((shards / f"exit{r}.json").read_text()) for r in (0, 1)] == [{"group_alive": False}] * 2
     same_run(one_process, resumed)
     # checkpointed by 2 processes at step 2, resumed here by 1 (accumulating 2 to keep the global batch)
     state = json.loads((partial / "checkpoint" / "state.json").read_text())

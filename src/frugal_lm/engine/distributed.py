@@ -8,6 +8,7 @@ Face Accelerate sets up the process group: gloo on CPUs, nccl on GPUs.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -31,7 +32,32 @@ def process_state() -> Any:
     from accelerate import PartialState
 
     # without cpu=True, accelerate does not see a CPU-only torchrun launch as distributed (gloo)
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    destroy_at_exit()
+    return state
+
+
+_destroy_registered = [False]
+
+
+def destroy_at_exit() -> None:
+    """Destroy the process group (if one is set up) before the interpreter tears down.
+
+    A group left to teardown can abort a process that finished its work (SIGABRT, "terminate called
+    without an active exception": gloo's threads outlive the interpreter), and the launcher then fails the run.
+    """
+    import torch
+
+    if torch.distributed.is_initialized() and not _destroy_registered[0]:
+        atexit.register(_destroy_process_group)
+        _destroy_registered[0] = True
+
+
+def _destroy_process_group() -> None:
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def without_option(argv: list[str], name: str) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 from frugal_lm.config import TrainConfig, budget_seconds, format_duration
 from frugal_lm.data.batching import Collator, EpochBatchSampler
 from frugal_lm.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, trainable_state, writing
+from frugal_lm.engine.distributed import destroy_at_exit
 from frugal_lm.engine.report import MetricsLog
 from frugal_lm.engine.savers import count_parameters, precision_reason, resolve_precision
 from frugal_lm.errors import FrugalError
@@ -257,6 +258,7 @@ class Trainer:
         # without cpu=True, accelerate does not see a CPU-only torchrun launch as distributed (gloo)
         _fresh_accelerator_state(self.precision)
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not torch.cuda.is_available())
+        destroy_at_exit()
         acc = self.accelerator
         sharded = sharded_mode(acc.distributed_type.name)
         if sharded:
