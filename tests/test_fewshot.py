@@ -188,3 +188,50 @@ def test_fewshot_run_folder_works_with_eval_and_predict(tiny_encoder_dir, sentim
     plain = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert plain.config.id2label == {0: "neg", 1: "pos"}
     assert torch.equal(plain.classifier.weight, model.classifier.weight)
+
+
+def test_extrapolation_moves_the_trained_body_and_survives_resume(tiny_encoder_nodrop_dir, sentiment_files,
+                                                                  tmp_path):
+    """classify.fewshot_extrapolate=s exports start + s x (trained - start); evaluations see that body (and
+    leave training's weights alone), and a resumed run starts from the pretrained weights, not the checkpoint."""
+    from transformers import AutoModelForSequenceClassification
+
+    from frugal_lm.engine.run import _build, train
+
+    def cfg(out, scale):
+        c = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / out, seed=0)
+        c.options.method = "fewshot"
+        c.options.fewshot_lr, c.options.fewshot_steps, c.options.fewshot_extrapolate = 5e-3, 8, scale
+        return c
+
+    def body_weights(out):
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / out / "model")
+        return dict(fewshot.body(model).named_parameters())
+
+    _, built = _build(cfg("start", 2.0))
+    start = fewshot.trainable_start(built)
+    assert start and not any(k.startswith("embeddings.") for k in start)  # frozen embeddings stay out
+    train(cfg("one", 1.0), progress=False)
+    summary = train(cfg("two", 2.0), progress=False)  # evaluated at steps 3, 6 and 8
+    one, two = body_weights("one"), body_weights("two")
+    moved = 0.0
+    for name, p0 in start.items():
+        torch.testing.assert_close(two[name], p0 + 2.0 * (one[name] - p0), atol=1e-5, rtol=1e-4, msg=name)
+        moved = max(moved, float((one[name] - p0).abs().max().detach()))
+    assert moved > 1e-3  # the stage did move the body
+    torch.testing.assert_close(two["embeddings.word_embeddings.weight"],
+                               built.base_model.embeddings.word_embeddings.weight)
+    # the evaluation that chose the exported (best) weights scored the body and head exported
+    from frugal_lm.engine.run import load_run
+
+    _, task, model = load_run(tmp_path / "two")
+    final = task.evaluate(model, task.read(str(sentiment_files[1])))
+    assert final["loss"] == pytest.approx(summary["best"]["loss"], abs=1e-5)
+    # stopped after step 4 (checkpointed there), resumed: the same body as the uninterrupted run
+    train(cfg("resumed", 2.0), progress=False, stop_at_step=4)
+    train(cfg("resumed", 2.0), progress=False, resume=True)
+    resumed = body_weights("resumed")
+    for name in start:
+        torch.testing.assert_close(resumed[name], two[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ConfigError, match="classify.fewshot_extrapolate: must be above 0"):
+        _build(cfg("bad", 0.0))

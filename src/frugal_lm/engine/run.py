@@ -168,6 +168,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     set_seed(cfg.train.seed)
     with quiet_transformers():
         task, model = _build(cfg)  # data and model checked first: a failed start leaves an old run as it was
+    task.start_from(model)  # before --resume loads a checkpoint into it
     train_cfg = cfg.train
     if task.train_overrides():  # the task's recipe for this run (e.g. a few-shot contrastive stage)
         import dataclasses

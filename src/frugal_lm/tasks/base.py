@@ -131,6 +131,11 @@ class Task(ABC):
         sampler, ...); the engine trains with them and the run logs them. Called after `prepare`."""
         return {}
 
+    def start_from(self, model: Any) -> None:
+        """The model as this run's training starts from it (built, compute savers applied), before a
+        checkpoint is loaded into it on --resume: for a recipe that refers back to the starting weights."""
+        return None  # optional
+
     def finish(self, model: Any, run_dir: Path) -> None:
         """A step after the training loop, on the best weights, before the model is exported (fit a head on
         frozen features, write plots into the run folder, ...)."""

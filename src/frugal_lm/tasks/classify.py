@@ -8,7 +8,7 @@ import numpy as np
 
 from frugal_lm.data.readers import Record, check_labels, label_vocabulary, read_records
 from frugal_lm.engine.inference import map_batches
-from frugal_lm.errors import FrugalError
+from frugal_lm.errors import ConfigError, FrugalError
 from frugal_lm.metrics import prf
 from frugal_lm.tasks import fewshot
 from frugal_lm.tasks.labels import LabelTask, log_softmax, softmax
@@ -43,6 +43,7 @@ class ClassifyTask(LabelTask):
     def __init__(self, cfg: Any, saved: dict[str, Any] | None = None):
         self.method = "finetune"  # resolved from classify.method in prepare(), or read from labels.json
         self.head_pending = False  # fewshot while training: the head is refitted before each evaluation
+        self.start: dict[str, Any] | None = None  # fewshot: the body's trainable weights as the stage began
         super().__init__(cfg, saved)
 
     def state(self) -> dict[str, Any]:
@@ -101,6 +102,20 @@ class ClassifyTask(LabelTask):
         o = self.options
         self.method = fewshot.resolve_method(o.method, len(self.train_set), len(self.labels), o.fewshot_below)
         self.head_pending = self.method == "fewshot"
+        if o.fewshot_extrapolate <= 0:
+            raise ConfigError(f"classify.fewshot_extrapolate: must be above 0 (1: the body as trained), got "
+                              f"{o.fewshot_extrapolate}")
+
+    def start_from(self, model: Any) -> None:
+        if self.method == "fewshot" and self.options.fewshot_extrapolate != 1:
+            self.start = fewshot.trainable_start(model)
+
+    def _extrapolate(self, model: Any) -> dict[str, Any] | None:
+        """The few-shot body moved classify.fewshot_extrapolate times its distance from the start; returns
+        the weights it had (None when there is nothing to move)."""
+        if self.start is None:
+            return None
+        return fewshot.extrapolate(model, self.start, self.options.fewshot_extrapolate)
 
     def train_overrides(self) -> dict[str, Any]:
         if self.method != "fewshot":
@@ -131,6 +146,7 @@ class ClassifyTask(LabelTask):
         from frugal_lm.engine.report import plot_confusion
 
         if self.head_pending:
+            self._extrapolate(model)  # for good: model/ is exported from these weights
             self._fit_head(model)
             self.head_pending = False
         if self.eval_set:
@@ -148,10 +164,17 @@ class ClassifyTask(LabelTask):
 
     def evaluate(self, model: Any, records: list[Record] | None = None, device: Any = None) -> dict[str, Any]:
         """Loss, accuracy, macro-F1 and per-class scores on `records` (default: the eval set)."""
-        if self.head_pending:  # mid-training evaluation of a few-shot run: a head for the current body
-            self._fit_head(model, device)
         examples = self.eval_set if records is None else self.encode(records)
-        logits = self._logits(model, examples, device)
+        if self.head_pending:  # mid-training evaluation of a few-shot run: the body as finish() will leave
+            trained = self._extrapolate(model)  # it, with a head fitted for it; training goes on from `trained`
+            try:
+                self._fit_head(model, device)
+                logits = self._logits(model, examples, device)
+            finally:
+                if trained is not None:
+                    fewshot.restore(model, trained)
+        else:
+            logits = self._logits(model, examples, device)
         gold = np.array([e["labels"] for e in examples])
         metrics = {"loss": float(-log_softmax(logits)[np.arange(len(gold)), gold].mean())}
         metrics.update(classification_metrics(gold.tolist(), logits.argmax(axis=1).tolist(), self.labels))

@@ -27,6 +27,11 @@ import numpy as np
 
 from frugal_lm.config import option
 
+# The body after the contrastive stage is start + EXTRAPOLATE x (trained - start): weight-space extrapolation
+# along the training direction (as WiSE-FT interpolates, Wortsman et al. 2022; ExPO extrapolates). Screened at
+# 64 per class (benchmarks/screen_fewshot_wiseft.py, BENCHMARKS.md): see there for the figures behind it.
+EXTRAPOLATE = 1.0
+
 
 @dataclass
 class ClassifyOptions:
@@ -43,6 +48,9 @@ class ClassifyOptions:
     fewshot_batch_size: int = option(32, "sentences per contrastive batch (rounded to a multiple of the "
                                      "label count, so every class is equally present); all pairs in it train")
     fewshot_c: float = option(1.0, "inverse L2 strength of the logistic-regression head (scikit-learn's C)")
+    fewshot_extrapolate: float = option(EXTRAPOLATE, "after the contrastive stage, the body's trained weights "
+                                        "are moved this many times as far from where the stage started "
+                                        "(1: as trained; above 1: further along the same direction)")
 
 
 def resolve_method(method: str, n_examples: int, n_labels: int, below: int, log: bool = True) -> str:
@@ -146,6 +154,40 @@ def pair_loss(model: Any, batch: dict[str, Any]) -> Any:
     cos = emb @ emb.T  # B, B (already normalised)
     target, weight = pair_weights(batch["labels"])
     return (weight * (cos - target) ** 2).sum()
+
+
+# -- extrapolation in weight space --------------------------------------------------------------
+def trainable_start(model: Any) -> dict[str, Any]:
+    """Copies of the body's trainable weights: the point the contrastive stage starts from."""
+    return {name: p.detach().clone() for name, p in body(model).named_parameters() if p.requires_grad}
+
+
+def extrapolate(model: Any, start: dict[str, Any], scale: float) -> dict[str, Any]:
+    """Set each of the body's weights in `start` to start + scale x (current - start), in place.
+
+    Returns:
+        The weights as they were, for `restore`.
+    """
+    import torch
+
+    params = dict(body(model).named_parameters())
+    before = {}
+    with torch.no_grad():
+        for name, p0 in start.items():
+            p = params[name]
+            before[name] = p.detach().clone()
+            p.copy_(p0.to(p.device, p.dtype) + scale * (p - p0.to(p.device, p.dtype)))
+    return before
+
+
+def restore(model: Any, weights: dict[str, Any]) -> None:
+    """Put back weights that `extrapolate` returned."""
+    import torch
+
+    params = dict(body(model).named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
 
 
 # -- the head ----------------------------------------------------------------------------------
