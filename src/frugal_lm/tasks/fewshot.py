@@ -33,7 +33,7 @@ from frugal_lm.config import option
 # The body after the contrastive stage is start + EXTRAPOLATE x (trained - start): weight-space extrapolation
 # along the training direction (WiSE-FT interpolates towards the start, Wortsman et al. 2022; ExPO extrapolates
 # away from it, Zheng et al. 2024). Screened on MiniLM, 5 seeds (benchmarks/screen_fewshot_wiseft.py,
-# BENCHMARKS.md): picked on the 4-class CoNLL entity-type set, where 1.3 gains +0.5 / +0.7 / +1.6 points at
+# BENCHMARKS.md): picked on the 4-class CoNLL entity-type set, where 1.3 gains +0.5 / +0.7 / +1.9 points at
 # 8 / 16 / 64 per class (the trained body is still short of where the task wants it); confirmed harmless on
 # SST-2 (-0.2 / +0.3 / -0.1). At 64 per class, interpolating (0.3-0.9) loses on CoNLL at every value and 2 loses
 # on both.
