@@ -392,3 +392,22 @@ def test_planning_for_auto_stops_at_the_configured_recipe_when_it_is_the_answer(
     none = plan(cfg, memory=1, reps=1, kernel_probe=False, base_memory=0, for_auto=True)
     assert none["recommended"] is None
     assert {"full fine-tune", "frozen embeddings + 1 layer + prefix cache"} <= {c["method"] for c in none["candidates"]}
+
+
+def test_a_few_shot_config_is_planned_as_its_contrastive_stage_trains(tiny_encoder_dir, long_files, tmp_path):
+    """The task's recipe (Task.train_overrides) is what the run trains with, so it is what gets planned: the
+    stage's steps and class-balanced batches of 32, not the configured 2 epochs of 16."""
+    from collections import Counter
+
+    from frugal_lm.engine.run import prepare_task, task_train_config
+    from frugal_lm.plan import first_epoch, plan
+
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", batch_size=16, epochs=2, precision="fp32")
+    cfg.options.method, cfg.options.fewshot_steps = "fewshot", 10
+    result = plan(cfg, memory=10**12, reps=1, kernel_probe=False, only_configured=True)
+    assert result["steps_per_epoch"] == 3  # 96 rows in batches of 32
+    assert result["epochs"] * result["steps_per_epoch"] == pytest.approx(10)
+    task, _ = prepare_task(cfg)
+    _, order = first_epoch(task, task_train_config(cfg, task))
+    labels = [e["labels"] for e in task.train_set]
+    assert [sorted(Counter(labels[i] for i in b).values()) for b in order] == [[16, 16]] * 3

@@ -26,7 +26,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from frugal_lm.config import (
@@ -126,11 +126,9 @@ def available_memory() -> int:
 def first_epoch(task: Any, t: Any) -> tuple[list[int], list[list[int]]]:
     """(example lengths, the first epoch's batches) as the engine's sampler gives them for train config `t`:
     lengths, grouping and padding as the run will see them, the longest batch first."""
-    from frugal_lm.data.batching import EpochBatchSampler
+    from frugal_lm.engine.trainer import epoch_sampler
 
-    lengths = task.lengths(task.train_set)
-    return lengths, EpochBatchSampler(lengths, t.batch_size, shuffle=True, group_by_length=t.group_by_length,
-                                      seed=t.seed, max_tokens=t.batch_tokens).batches(0)
+    return task.lengths(task.train_set), epoch_sampler(task, task.train_set, t).batches(0)
 
 
 def static_bytes(model: Any) -> dict[str, int]:
@@ -377,7 +375,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
 
     import torch
 
-    from frugal_lm.engine.run import build_model, prepare_task
+    from frugal_lm.engine.run import build_model, prepare_task, task_train_config
     from frugal_lm.engine.trainer import Trainer
     from frugal_lm.models.loading import local_path, quiet_transformers
 
@@ -388,6 +386,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
     began = time.perf_counter()
     with quiet_transformers():
         task, resolved = prepared or prepare_task(cfg)
+        cfg = replace(cfg, train=task_train_config(cfg, task))  # what the run will train with
         # the process a run starts as: libraries, tokenizer, the encoded data
         before = rss_bytes()
         base = before if base_memory is None else base_memory
@@ -677,14 +676,14 @@ def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
     up to `limit` batch shapes of the epoch, the longest first; the growth over them is scaled up when the epoch
     has more shapes. What a CPU run grows by with every new shape (oneDNN's per-shape primitives, the allocator's
     leftovers) shows only in a process that has not met those shapes before."""
-    from frugal_lm.engine.run import build_model, prepare_task
+    from frugal_lm.engine.run import build_model, prepare_task, task_train_config
     from frugal_lm.engine.trainer import Trainer
     from frugal_lm.models.loading import quiet_transformers
 
     with quiet_transformers():
         task, resolved = prepare_task(cfg)
         model = build_model(cfg, task, resolved)
-    t = cfg.train
+    t = task_train_config(cfg, task)
     lengths, order = first_epoch(task, t)
     shapes: dict[tuple[int, int], int] = {}
     for k, b in enumerate(order):

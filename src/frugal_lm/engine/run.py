@@ -51,6 +51,15 @@ def prepare_task(cfg: RunConfig) -> tuple[Any, Any]:
     return task, resolved
 
 
+def task_train_config(cfg: RunConfig, task: Any) -> Any:
+    """cfg.train with the task's recipe for this run over it (Task.train_overrides: a few-shot contrastive
+    stage's batch, lr and steps): what the engine trains with, so what the planner must plan."""
+    import dataclasses
+
+    overrides = task.train_overrides()
+    return dataclasses.replace(cfg.train, **overrides) if overrides else cfg.train
+
+
 def build_model(cfg: RunConfig, task: Any, resolved: Any, model: Any = None) -> Any:
     """The task's model (loaded, or `model` as given: the planner passes copies of one) with cfg's compute
     savers applied: LoRA, frozen embeddings and layers."""
@@ -169,11 +178,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     with quiet_transformers():
         task, model = _build(cfg)  # data and model checked first: a failed start leaves an old run as it was
     task.start_from(model)  # before --resume loads a checkpoint into it
-    train_cfg = cfg.train
-    if task.train_overrides():  # the task's recipe for this run (e.g. a few-shot contrastive stage)
-        import dataclasses
-
-        train_cfg = dataclasses.replace(cfg.train, **task.train_overrides())
+    train_cfg = task_train_config(cfg, task)
+    if task.train_overrides():
         _log(f"{cfg.task}: training with " + ", ".join(f"train.{k}={v}" for k, v in task.train_overrides().items()))
     if train_cfg.memory_budget and planned is None:  # the micro-batch and checkpointing that fit the budget
         import dataclasses
@@ -182,7 +188,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         from frugal_lm.plan import fit_memory
 
         precision = resolve_precision(train_cfg.precision, sum(p.numel() for p in model.parameters()))
-        micro, checkpointing = fit_memory(cfg, task, model, _autocast(precision), _log)
+        micro, checkpointing = fit_memory(dataclasses.replace(cfg, train=train_cfg), task, model,
+                                          _autocast(precision), _log)
         train_cfg = dataclasses.replace(train_cfg, micro_batch=micro,
                                         gradient_checkpointing=checkpointing or train_cfg.gradient_checkpointing)
     cache = _prefix_cache(cfg, model) if train_cfg.cache_prefix else None

@@ -167,6 +167,14 @@ def _class_labels(train_set: list[dict[str, Any]]) -> list[int]:
     return labels
 
 
+def epoch_sampler(task: Task, train_set: list[dict[str, Any]], cfg: TrainConfig) -> EpochBatchSampler:
+    """The training batches of every epoch, as train config `cfg` orders them (the planner times the same)."""
+    return EpochBatchSampler(task.lengths(train_set), cfg.batch_size, shuffle=True,
+                             group_by_length=cfg.group_by_length, seed=cfg.seed,
+                             labels=_class_labels(train_set) if cfg.balanced_sampler else None,
+                             max_tokens=cfg.batch_tokens)
+
+
 def sharded_mode(distributed_type: str) -> str | None:
     """"FSDP" or "DEEPSPEED" when this run was asked to shard the model, else None.
 
@@ -271,10 +279,7 @@ class Trainer:
                               f"number of processes that divides {self.group}")
         self.accum = self.group // world
         # one global batch order for every number of processes; each step deals its batches out
-        self.sampler = EpochBatchSampler(
-            task.lengths(train_set), cfg.batch_size, shuffle=True,
-            group_by_length=cfg.group_by_length, seed=cfg.seed,
-            labels=_class_labels(train_set) if cfg.balanced_sampler else None, max_tokens=cfg.batch_tokens)
+        self.sampler = epoch_sampler(task, train_set, cfg)
         # rows per forward/backward pass (0: whole batches); halved on an out-of-memory error (_step)
         self.micro_batch = cfg.micro_batch
         if len(self.sampler) == 0:
