@@ -396,7 +396,8 @@ def test_planning_for_auto_stops_at_the_configured_recipe_when_it_is_the_answer(
 
 def test_a_few_shot_config_is_planned_as_its_contrastive_stage_trains(tiny_encoder_dir, long_files, tmp_path):
     """The task's recipe (Task.train_overrides) is what the run trains with, so it is what gets planned: the
-    stage's steps and class-balanced batches of 32, not the configured 2 epochs of 16."""
+    stage's steps and class-balanced batches of 32, not the configured 2 epochs of 16; and the copy of the
+    starting weights the stage keeps is in the predicted peak."""
     from collections import Counter
 
     from frugal_lm.engine.run import prepare_task, task_train_config
@@ -411,3 +412,16 @@ def test_a_few_shot_config_is_planned_as_its_contrastive_stage_trains(tiny_encod
     _, order = first_epoch(task, task_train_config(cfg, task))
     labels = [e["labels"] for e in task.train_set]
     assert [sorted(Counter(labels[i] for i in b).values()) for b in order] == [[16, 16]] * 3
+    # the copy of the start that the extrapolation keeps (classify.fewshot_extrapolate, 1.3 by default) is in
+    # the predicted peak: 4 bytes per trainable body weight (the head is not the body's)
+    from frugal_lm.engine.run import _build
+    from frugal_lm.tasks import fewshot
+
+    _, model = _build(cfg)
+    body = sum(p.numel() for p in fewshot.body(model).parameters() if p.requires_grad)
+    mem = result["candidates"][0]["memory"]
+    assert mem["task_state"] == 4 * body
+    assert mem["peak"] == sum(v for k, v in mem.items() if k != "peak")
+    cfg.options.fewshot_extrapolate = 1.0  # nothing kept: nothing counted
+    plain = plan(cfg, memory=10**12, reps=1, kernel_probe=False, only_configured=True)
+    assert "task_state" not in plain["candidates"][0]["memory"]

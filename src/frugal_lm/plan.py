@@ -426,9 +426,12 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
                 variant.train.micro_batch = 0
                 with quiet_transformers():
                     model = build_model(variant, task, resolved, model=copy.deepcopy(pristine))
+                task.start_from(model)  # as the run does: what the task copies of the start, it keeps
                 trainer = Trainer(model, task, task.train_set, task.collator(), variant.train, tmp)
                 model = trainer.model
                 static = static_bytes(model)
+                if task.kept_bytes():
+                    static["task_state"] = task.kept_bytes()
                 static["weights"] = max(static["weights"], loaded)
                 saved = activation_bytes(model, task, trainer._collate(longest, 0, 0), trainer.accelerator.autocast)
                 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -683,6 +686,7 @@ def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
     with quiet_transformers():
         task, resolved = prepare_task(cfg)
         model = build_model(cfg, task, resolved)
+    task.start_from(model)
     t = task_train_config(cfg, task)
     lengths, order = first_epoch(task, t)
     shapes: dict[tuple[int, int], int] = {}

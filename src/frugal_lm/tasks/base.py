@@ -136,6 +136,11 @@ class Task(ABC):
         checkpoint is loaded into it on --resume: for a recipe that refers back to the starting weights."""
         return None  # optional
 
+    def kept_bytes(self) -> int:
+        """Bytes this task keeps beside the model while it trains (what `start_from` copied): the planner counts
+        them in a run's peak memory."""
+        return 0
+
     def finish(self, model: Any, run_dir: Path) -> None:
         """A step after the training loop, on the best weights, before the model is exported (fit a head on
         frozen features, write plots into the run folder, ...)."""

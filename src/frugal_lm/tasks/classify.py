@@ -110,6 +110,9 @@ class ClassifyTask(LabelTask):
         if self.method == "fewshot" and self.options.fewshot_extrapolate != 1:
             self.start = fewshot.trainable_start(model)
 
+    def kept_bytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in (self.start or {}).values())
+
     def _extrapolate(self, model: Any) -> dict[str, Any] | None:
         """The few-shot body moved classify.fewshot_extrapolate times its distance from the start; returns
         the weights it had (None when there is nothing to move)."""
