@@ -29,6 +29,8 @@ SCENARIOS = {
     "sst2-cache": ("examples/sst2.yaml", ["train.epochs=3", "train.freeze_layers=3", "train.cache_prefix=true"],
                    ["--only-configured"]),
     "ner": ("examples/ner.yaml", ["train.epochs=1"], ["--only-configured"]),
+    # planned as its contrastive stage (the task's train_overrides), with the start copy the extrapolation keeps
+    "fewshot": ("examples/fewshot.yaml", [], ["--only-configured"]),
     "clm-smollm2-lora": ("examples/clm.yaml", ["train.max_steps=40", "train.eval_every=0"], ["--only-configured"]),
 }
 
