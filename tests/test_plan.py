@@ -425,3 +425,40 @@ def test_a_few_shot_config_is_planned_as_its_contrastive_stage_trains(tiny_encod
     cfg.options.fewshot_extrapolate = 1.0  # nothing kept: nothing counted
     plain = plan(cfg, memory=10**12, reps=1, kernel_probe=False, only_configured=True)
     assert "task_state" not in plain["candidates"][0]["memory"]
+
+
+def test_the_probe_evaluates_as_the_run_does(tiny_encoder_dir, long_files, tmp_path, monkeypatch):
+    """A run evaluates at least once after training; the probe does too, on rows spread over the eval set."""
+    from frugal_lm import plan as planner
+    from frugal_lm.tasks.classify import ClassifyTask
+
+    seen: list[list[str]] = []
+    evaluate = ClassifyTask.evaluate
+
+    def spy(self, model, records=None, device=None):
+        seen.append([r.text for r in records])
+        return evaluate(self, model, records=records, device=device)
+
+    monkeypatch.setattr(ClassifyTask, "evaluate", spy)
+    monkeypatch.setattr(planner, "EVAL_PROBE_ROWS", 5)
+    cfg = make_config(tiny_encoder_dir, long_files, tmp_path / "run", batch_size=16, epochs=1, precision="fp32")
+    measured = planner.probe_peak(cfg)
+    dev = [line.split("\t")[0] for line in long_files[1].read_text().splitlines()[1:]]
+    assert seen == [dev[::4]]  # 16 rows, at most 5: every 4th
+    assert measured["evaluation"] >= 0 and measured["peak"] > 0
+    cfg.data.eval = None
+    seen.clear()
+    assert planner.probe_peak(cfg)["evaluation"] == 0 and seen == []
+
+
+def test_a_probed_peak_adds_what_the_evaluation_and_the_whole_cache_take():
+    from frugal_lm.plan import with_probe
+
+    parts = {"base": 100, "weights": 40, "gradients": 30, "optimizer": 60, "activations": 20, "kernels": 5,
+             "prefix_cache": 50, "peak": 305}
+    out = with_probe(parts, {"peak": 300, "evaluation": 25})
+    assert out["kernels"] == 300 - 250  # the probe's training peak over the parts it covers
+    assert out["peak"] == 300 + 25 + 50 and out["probe"] == 300 and out["evaluation"] == 25
+    assert out["peak"] == sum(v for k, v in out.items() if k not in ("peak", "probe"))
+    again = with_probe(out, {"peak": 280})  # probed twice: nothing counted twice
+    assert again["peak"] == 280 + 0 + 50

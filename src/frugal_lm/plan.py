@@ -13,7 +13,8 @@ lengths and padding the run will see) and:
   per-step cost, and sums that over every batch of the epoch.
 
 Peak memory = the process before the model is loaded (interpreter, libraries, data) + weights + gradients +
-optimizer + activations, against the budget (--memory; default: the memory this machine has available).
+optimizer + activations (and, for the recommendation, measured in a fresh process: what its batch shapes and
+one evaluation add), against the budget (--memory; default: the memory this machine has available).
 The recommendation is the least change to the configured recipe that fits both budgets: first only the
 micro-batch (the same gradients), then gradient checkpointing (the same gradients, slower), then recipes that
 train fewer weights, in the order of what they usually cost in accuracy; within one, the fastest.
@@ -38,6 +39,9 @@ from frugal_lm.config import (
     parse_size,
 )
 from frugal_lm.errors import FrugalError
+
+# the memory probe's evaluation runs on at most this many rows of the eval set, spread over it (probe_peak)
+EVAL_PROBE_ROWS = 2000
 
 
 @dataclass
@@ -493,11 +497,7 @@ def plan(cfg: RunConfig, memory: int | None = None, seconds: float | None = None
         log(f"plan: {c.method}, micro-batch {c.micro_batch or rows}: a fresh process over the epoch's "
             f"{measured['shapes']} batch shapes peaks at {format_size(measured['peak'])} "
             f"(components: {format_size(c.memory['peak'])})")
-        # the probe leaves out the rows its few steps stored in the prefix cache: the whole cache is added here
-        known = sum(v for k, v in c.memory.items() if k not in ("kernels", "peak", "probe", "prefix_cache"))
-        c.memory["kernels"] = max(0, measured["peak"] - known)
-        c.memory["peak"] = known + c.memory["kernels"] + c.memory.get("prefix_cache", 0)
-        c.memory["probe"] = measured["peak"]
+        c.memory = with_probe(c.memory, measured)
         c.fits_memory = c.memory["peak"] <= memory
         chosen, why = _recommend(candidates, memory, left)
     settings = {}
@@ -706,12 +706,34 @@ def probe_peak(cfg: RunConfig, limit: int = 64) -> dict[str, Any]:
         stored = cache.bytes if cache is not None else 0
         for k in picks[1:]:
             trainer._step([trainer._collate(order[k], 0, k)])
-    peak = peak_rss_bytes()
+        peak = peak_rss_bytes()
+        evaluation = 0
+        if task.eval_records:
+            # a run evaluates at least once, after training: its inference batches (shapes of their own, the
+            # outputs it keeps; a few-shot head fitted on the embedded training rows) come on top of the
+            # training peak. Measured on up to EVAL_PROBE_ROWS rows spread over the set.
+            rows = task.eval_records[:: -(-len(task.eval_records) // EVAL_PROBE_ROWS)]
+            task.evaluate(trainer.accelerator.unwrap_model(trainer.model), records=rows,
+                          device=trainer.accelerator.device)
+            evaluation = max(0, peak_rss_bytes() - peak)
     scale = (len(shapes) - 1) / max(1, len(picks) - 1)
     # without the rows the probe's steps stored in the cache: the planner counts the whole cache itself
     grown = peak - first - ((cache.bytes - stored) if cache is not None else 0)
-    return {"peak": int(first - stored + max(0, grown) * max(1.0, scale)), "shapes": len(shapes),
-            "probed": len(picks)}
+    return {"peak": int(first - stored + max(0, grown) * max(1.0, scale)), "evaluation": int(evaluation),
+            "shapes": len(shapes), "probed": len(picks)}
+
+
+def with_probe(memory: dict[str, int], measured: dict[str, Any]) -> dict[str, int]:
+    """A candidate's memory parts once its probe has measured it: the probe's training peak replaces the sum of
+    the parts it covers (the difference shows as `kernels`), and what its evaluation added, and the whole prefix
+    cache (the probe leaves out the rows its few steps stored), come on top."""
+    out = {k: v for k, v in memory.items() if k not in ("kernels", "peak", "probe", "evaluation")}
+    known = sum(v for k, v in out.items() if k != "prefix_cache")
+    out["kernels"] = max(0, measured["peak"] - known)
+    out["evaluation"] = int(measured.get("evaluation", 0))
+    out["peak"] = known + out["kernels"] + out["evaluation"] + out.get("prefix_cache", 0)
+    out["probe"] = measured["peak"]
+    return out
 
 
 def probe_in_child(cfg: RunConfig) -> dict[str, Any]:
