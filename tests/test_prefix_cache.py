@@ -132,7 +132,10 @@ def test_training_with_the_cache_gives_the_same_weights():
                 opt.step()
     want = dict(ref.named_parameters())
     for name, p in model.named_parameters():
-        close(p, want[name])
+        # a key bias adds one constant to all of a query's scores, which softmax ignores: its gradient is zero up
+        # to rounding, and Adam's normalisation turns that rounding noise into full-size steps in both models
+        if not name.endswith("key.bias"):
+            close(p, want[name])
     assert cache.stats()["hits"] == 9 and cache.stats()["misses"] == 9
     assert not torch.equal(parts(model)[1][FROZEN].output.dense.weight,
                            parts(tiny("token"))[1][FROZEN].output.dense.weight)  # the top did train
