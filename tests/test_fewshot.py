@@ -65,6 +65,47 @@ def test_pair_loss_is_the_weighted_cosine_error(tiny_encoder_nodrop_dir):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_length_chunks_cover_every_row_once_and_split_only_where_padding_costs_more():
+    lengths = [40, 3, 38, 4, 3, 39, 5, 4]
+    chunks = fewshot.length_chunks(lengths, overhead=32)
+    assert sorted(i for c in chunks for i in c) == list(range(8))
+    assert [sorted(c) for c in chunks] == [[0, 2, 5], [1, 3, 4, 6, 7]]  # the long rows apart from the short ones
+    assert fewshot.length_chunks([10, 12, 11, 9], overhead=32) == [[1, 2, 0, 3]]  # little padding: one pass
+    assert len(fewshot.length_chunks(lengths, overhead=0)) == 6  # no overhead: one chunk per distinct length
+
+
+def test_split_encoding_gives_the_same_embeddings_and_gradients(tiny_encoder_nodrop_dir):
+    """pair_loss encodes length chunks (embed(split=True)): the same embeddings, loss and gradients as one
+    padded pass."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder_nodrop_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_nodrop_dir, num_labels=2).train()
+    long = " ".join(["good movie great film"] * 10)
+    texts = ["bad plot", long, "dull story", "great film", " ".join(["dull story bad plot"] * 9), "good"]
+    batch = dict(tok(texts, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([0, 1, 0, 1, 0, 1])
+    assert len(fewshot.length_chunks(batch["attention_mask"].sum(1).tolist())) == 2
+    grads = []
+    for split in (False, True):
+        model.zero_grad()
+        emb = fewshot.embed(model, batch, split=split)
+        target, weight = fewshot.pair_weights(batch["labels"])
+        (weight * (emb @ emb.T - target) ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if not split:
+            whole = emb.detach()
+    torch.testing.assert_close(emb.detach(), whole, atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+    fewshot.pair_loss(model, batch).backward()  # the loss the stage trains with takes the split path
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[1][name], atol=1e-6, rtol=1e-6)
+
+
 def test_head_fits_frozen_features_as_scikit_learn_does():
     sklearn = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(0)
