@@ -67,11 +67,16 @@ def test_pair_loss_is_the_weighted_cosine_error(tiny_encoder_nodrop_dir):
 
 def test_length_chunks_cover_every_row_once_and_split_only_where_padding_costs_more():
     lengths = [40, 3, 38, 4, 3, 39, 5, 4]
-    chunks = fewshot.length_chunks(lengths, overhead=32)
+    chunks = fewshot.length_chunks(lengths, overhead=32, rows=1, align=1)
     assert sorted(i for c in chunks for i in c) == list(range(8))
     assert [sorted(c) for c in chunks] == [[0, 2, 5], [1, 3, 4, 6, 7]]  # the long rows apart from the short ones
     assert fewshot.length_chunks([10, 12, 11, 9], overhead=32) == [[1, 2, 0, 3]]  # little padding: one pass
-    assert len(fewshot.length_chunks(lengths, overhead=0)) == 6  # no overhead: one chunk per distinct length
+    assert len(fewshot.length_chunks(lengths, overhead=0, rows=1, align=1)) == 6  # one chunk per distinct length
+    # aligned (the default): chunks of 4 rows, the long 4 (40, 39, 38, and 5) apart from the short 4
+    assert [sorted(c) for c in fewshot.length_chunks(lengths, overhead=32)] == [[0, 2, 5, 6], [1, 3, 4, 7]]
+    thirty = fewshot.length_chunks(list(range(1, 11)) * 3, overhead=0)  # widths 8 and 16 once aligned
+    assert [len(c) % 4 for c in thirty[:-1]] == [0] * (len(thirty) - 1) and sum(map(len, thirty)) == 30
+    assert len(thirty) == 2  # 8 rows at width 16 (the 9s and 10s, two 8s), 22 at 8
 
 
 def test_split_encoding_gives_the_same_embeddings_and_gradients(tiny_encoder_nodrop_dir):
