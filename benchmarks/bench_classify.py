@@ -2,8 +2,8 @@
 
 Both run in this one invocation, on the same data, each in its own subprocess so peak memory is
 measured separately; "process s" is that subprocess from start to end (imports, loading, tokenizing,
-training, evaluating the dev set, and for frugal saving the run folder), what a user waits for. The Trainer runs with its defaults plus dynamic padding, 1 epoch, batch size 32,
-lr 5e-5, max length 64. frugal runs its default recipe (length-grouped batches, frozen embeddings,
+training, evaluating the dev set, and for frugal saving the run folder), what a user waits for. The
+Trainer runs with its defaults plus dynamic padding, 1 epoch, batch size 32, lr 5e-5, max length 64. frugal runs its default recipe (length-grouped batches, frozen embeddings,
 lr 1e-4) with the same epochs, batch size and max length.
 
     python benchmarks/bench_classify.py [--rows 8000] [--epochs 1] [--ablation] [--json out.json]

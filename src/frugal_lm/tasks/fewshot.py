@@ -118,34 +118,34 @@ def body(model: Any) -> Any:
 def embed(model: Any, batch: dict[str, Any], split: bool = False) -> Any:
     """L2-normalised mean of the last hidden states over real tokens: (B, H).
 
-    With `split`, a right-padded batch is encoded in chunks of similar length, each cut to its own longest
-    row (`length_chunks`), and the rows put back in order: the same embeddings for less padded compute. A
-    contrastive batch is all of a few-shot set at once, so it holds the shortest and the longest sentence."""
+    With `split`, a right-padded batch is encoded in chunks of similar length (`length_chunks`), each cut to
+    its longest row rounded up to CHUNK_WIDTH, and the rows put back in order: the same embeddings for less
+    padded compute. A contrastive batch is all of a few-shot set at once, so it holds the shortest and the
+    longest sentence."""
     import torch
     import torch.nn.functional as F
 
-    keys = ("input_ids", "attention_mask", "token_type_ids")
-    mask = batch["attention_mask"]
-    lengths = mask.sum(1)
-    right_padded = bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all())
-    chunks = length_chunks(lengths.tolist()) if split and right_padded else [list(range(mask.shape[0]))]
-    if len(chunks) == 1:
-        chunks = [None]
-    pooled_parts, order = [], []
-    for rows in chunks:
-        if rows is None:
-            inputs = {k: v for k, v in batch.items() if k in keys}
-        else:
-            idx = torch.tensor(rows, device=mask.device)
-            width = min(mask.shape[1], -(-int(lengths[idx].max()) // CHUNK_WIDTH) * CHUNK_WIDTH)
-            inputs = {k: v[idx, :width] for k, v in batch.items() if k in keys}
-            order.extend(rows)
+    def pool(inputs: dict[str, Any]) -> Any:
         hidden = body(model)(**inputs).last_hidden_state  # b, t, H
         m = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # b, t, 1
-        pooled_parts.append((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9))
-    pooled = pooled_parts[0] if len(pooled_parts) == 1 else torch.cat(pooled_parts)
-    if order:  # back to the batch's row order
-        pooled = pooled[torch.argsort(torch.tensor(order, device=pooled.device))]
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    mask = inputs["attention_mask"]
+    chunks = []
+    if split:
+        lengths = mask.sum(1)
+        if bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all()):
+            chunks = length_chunks(lengths.tolist())
+    if len(chunks) <= 1:
+        return F.normalize(pool(inputs).float(), dim=-1)
+    parts, order = [], []
+    for rows in chunks:
+        idx = torch.tensor(rows, device=mask.device)
+        width = min(mask.shape[1], -(-int(lengths[idx].max()) // CHUNK_WIDTH) * CHUNK_WIDTH)
+        parts.append(pool({k: v[idx, :width] for k, v in inputs.items()}))
+        order.extend(rows)
+    pooled = torch.cat(parts)[torch.argsort(torch.tensor(order, device=mask.device))]  # the batch's row order
     return F.normalize(pooled.float(), dim=-1)
 
 
@@ -154,9 +154,9 @@ def embed(model: Any, batch: dict[str, Any], split: bool = False) -> Any:
 # about 1 ms on one core, so a pass's few ms of overhead are a handful of tokens; 32 keeps chunks few.
 CHUNK_OVERHEAD_TOKENS = 32
 # Chunks hold a multiple of CHUNK_ROWS rows and are CHUNK_WIDTH-aligned wide: on a CPU every new (rows, width)
-# a product meets costs a oneDNN primitive, built once and cached (1,024 of them). Free shapes made a 256-step
-# stage on CoNLL entity types 25% slower than one padded pass (165-186 s against 127-137 s, 64 per class);
-# aligned, a run meets at most (32 / 4) x (64 / 8) chunk shapes.
+# a product meets costs a oneDNN primitive, built once and cached (1,024 of them). With free shapes the 256-step
+# stage on CoNLL entity types (64 per class) took 165-186 s, aligned 125-157 s, same session (one padded pass:
+# 1.7x the aligned time); aligned, a run meets at most (32 / 4) x (64 / 8) chunk shapes.
 CHUNK_ROWS, CHUNK_WIDTH = 4, 8
 
 
