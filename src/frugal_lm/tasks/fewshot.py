@@ -142,7 +142,7 @@ def embed(model: Any, batch: dict[str, Any], split: bool = False) -> Any:
     parts, order = [], []
     for rows in chunks:
         idx = torch.tensor(rows, device=mask.device)
-        width = min(mask.shape[1], -(-int(lengths[idx].max()) // CHUNK_WIDTH) * CHUNK_WIDTH)
+        width = aligned_width(int(lengths[idx].max()), mask.shape[1])
         parts.append(pool({k: v[idx, :width] for k, v in inputs.items()}))
         order.extend(rows)
     pooled = torch.cat(parts)[torch.argsort(torch.tensor(order, device=mask.device))]  # the batch's row order
@@ -158,6 +158,11 @@ CHUNK_OVERHEAD_TOKENS = 32
 # stage on CoNLL entity types (64 per class) took 165-186 s, aligned 125-157 s, same session (one padded pass:
 # 1.7x the aligned time); aligned, a run meets at most (32 / 4) x (64 / 8) chunk shapes.
 CHUNK_ROWS, CHUNK_WIDTH = 4, 8
+
+
+def aligned_width(length: int, widest: int, align: int = CHUNK_WIDTH) -> int:
+    """`length` rounded up to a multiple of `align`, at most `widest` (the batch's own width)."""
+    return min(widest, -(-length // align) * align)
 
 
 def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS, rows: int = CHUNK_ROWS,
@@ -176,7 +181,7 @@ def length_chunks(lengths: list[int], overhead: int = CHUNK_OVERHEAD_TOKENS, row
     if n == 0:
         return []
     widest = max(lengths)
-    width = [min(widest, -(-lengths[i] // align) * align) for i in order]
+    width = [aligned_width(lengths[i], widest, align) for i in order]
     cuts = [*range(0, n, rows), n]  # where a chunk may begin or end
     best = {0: 0.0}
     back = {}
