@@ -130,7 +130,12 @@ class ClassifyTask(LabelTask):
     def logits(self, model: Any, batch: dict[str, Any]) -> Any:
         if self.method == "fewshot":
             return fewshot.head_logits(model, batch).float()
-        return LabelTask.logits(model, batch)
+        if not self.options.first_token:
+            return LabelTask.logits(model, batch)
+        from frugal_lm.engine.first_token import first_token_only  # imports torch: not at module load
+
+        with first_token_only(model):  # the head reads position 0: the last layer computes only that row
+            return LabelTask.logits(model, batch)
 
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         if self.method != "fewshot":

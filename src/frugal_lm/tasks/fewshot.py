@@ -47,6 +47,8 @@ class ClassifyOptions:
     method: str = option("auto", "training recipe: finetune (cross-entropy on the whole model), fewshot "
                          "(contrastive pairs + a head on frozen embeddings), or auto (fewshot below "
                          "classify.fewshot_below examples per class)", ("auto", "finetune", "fewshot"))
+    first_token: bool = option(True, "finetune, BERT-family classifiers: the last layer computes position 0 only, "
+                               "the one the head reads (the same logits; engine/first_token.py)")
     fewshot_below: int = option(100, "auto picks fewshot when the training set has fewer examples per "
                                 "class than this (on average)")
     fewshot_steps: int = option(0, "optimizer steps of the contrastive stage (0: ~32 passes over the "
