@@ -7,9 +7,13 @@ element is kept when its number clears the dropout threshold. The keep probabili
 is 1 - p rounded to 1/65536 (0.1 -> 0.100006). The masks come from torch's default generator, so they
 follow `torch.manual_seed` and a checkpoint's saved RNG state like torch's own dropout.
 
-Only `nn.Dropout` modules change; dropout a model applies by itself (attention probabilities inside
-`scaled_dot_product_attention`) stays torch's. On other devices torch's dropout is already fast (Philox),
-and the module falls back to it.
+`use_word_dropout` swaps every plain `nn.Dropout` module, and marks the model's attention modules for the same
+masks on their attention probabilities. With dropout on, `scaled_dot_product_attention` on a CPU leaves its fused
+kernel for its math path anyway (matmul, softmax, `bernoulli_`, matmul, in float32 for bf16 inputs); the marked
+modules run that path themselves, masks from words, in the inputs' precision: 1.3 ms less per MiniLM layer and
+step (4.7 -> 3.4 ms forward and backward, batch 32 x 24 tokens, bf16). Other models, eval mode, causal or
+grouped-query attention and other devices keep transformers' own sdpa function. On other devices torch's dropout
+is already fast (Philox), and the module falls back to it.
 """
 
 from __future__ import annotations
@@ -44,11 +48,55 @@ def word_mask(shape: torch.Size | tuple[int, ...], p: float) -> torch.Tensor:
 
 
 def use_word_dropout(model: Any) -> int:
-    """Replace every plain `nn.Dropout` in `model` by a `WordDropout` of the same rate; returns how many."""
+    """Replace every plain `nn.Dropout` in `model` by a `WordDropout` of the same rate, and mark its attention
+    modules for word masks on their attention probabilities (see the module doc); returns how many swapped."""
     swapped = 0
     for module in model.modules():
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Dropout:
                 module._modules[name] = WordDropout(child.p, child.inplace)
                 swapped += 1
+        if hasattr(module, "scaling") and hasattr(module, "config"):  # transformers' attention modules
+            module._frugal_word_attention = True
+    _install_word_attention()
     return swapped
+
+
+def _install_word_attention() -> None:
+    """Put `word_attention` in front of transformers' "sdpa" attention function (once per process)."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if getattr(original, "_frugal_word_attention", False):
+        return
+
+    def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs: Any) -> tuple[torch.Tensor, None]:
+        mask = attention_mask
+        if (dropout <= 0.0 or dropout >= 1.0 or not getattr(module, "_frugal_word_attention", False)
+                or not module.training or query.device.type != "cpu" or getattr(module, "is_causal", False)
+                or kwargs.get("is_causal") or any(kwargs.get(k) is not None for k in ("position_bias", "softcap"))
+                or getattr(module, "num_key_value_groups", 1) != 1 or query.shape[1] != key.shape[1]
+                or (mask is not None and (not isinstance(mask, torch.Tensor) or mask.dim() != 4))):
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return word_attention(query, key, value, mask, dropout, scaling), None
+
+    attention._frugal_word_attention = True
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
+
+
+def word_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                   p: float, scaling: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scaling + mask) with dropout p from `word_mask`, times v: (batch, heads, queries, dim)
+    inputs, a boolean (True: attend) or additive 4-d mask; returns (batch, queries, heads, dim) as transformers'
+    attention functions do."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if mask is not None:
+        scores = (scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool
+                  else scores + mask)
+    probs = scores.softmax(-1)
+    probs = torch.where(word_mask(probs.shape, p), probs, 0.0).mul_(1.0 / (1.0 - p))
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()
