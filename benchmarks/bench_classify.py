@@ -49,6 +49,8 @@ VARIANTS = {
     "frugal, time budget 60s": {"time_budget": "60s"},
     # the same, planned first (`frugal train --auto`): planning counts against the budget
     "frugal --auto, time budget 60s": {"time_budget": "60s", "auto": True},
+    # classify.first_token off: the last layer computes every position (engine/first_token.py)
+    "frugal, whole last layer": {"classify": {"first_token": False}},
 }
 
 
@@ -61,10 +63,12 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1)
         train_file.write_text("\n".join(TRAIN.read_text().splitlines()[: rows + 1]) + "\n")
         settings = dict(VARIANTS[variant])
         auto = settings.pop("auto", False)
+        classify = settings.pop("classify", {})
         cfg = load_config(overrides={
             "output": str(Path(tmp) / "run"), "model": {"name": "minilm", "max_length": 64},
             "data": {"train": str(train_file), "eval": str(DEV), "text_column": "sentence"},
             "train": {"epochs": epochs, "batch_size": 32, "seed": seed, **settings},
+            **({"classify": classify} if classify else {}),
         })
         t0 = time.perf_counter()
         planned, started = None, None
