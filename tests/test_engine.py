@@ -218,3 +218,86 @@ def test_unmerged_lora_run_predicts_like_merged(tiny_encoder_dir, sentiment_file
         outputs[merge] = task.evaluate(model, task.read(str(sentiment_files[1])))
     assert not (tmp_path / "runFalse" / "model").exists()
     assert outputs[True]["loss"] == pytest.approx(outputs[False]["loss"], abs=1e-5)
+
+
+def test_clipping_inside_the_fused_adamw_kernel_equals_clip_grad_norm(tiny_encoder_nodrop_dir, sentiment_files,
+                                                                       tmp_path, monkeypatch):
+    # The engine clips by the fused kernel's grad_scale (trainer._clip_by_grad_scale) instead of
+    # clip_grad_norm_'s extra pass: the same weights after a few steps; a kernel that ignored the divisor would
+    # give the unclipped run's weights.
+    from frugal_lm.engine import trainer as engine
+
+    def run(name: str, max_grad_norm: float, in_kernel: bool) -> dict[str, torch.Tensor]:
+        cfg = make_config(tiny_encoder_nodrop_dir, sentiment_files, tmp_path / name, epochs=1, batch_size=8,
+                          group_by_length=False, eval_every=0, max_grad_norm=max_grad_norm, lr=1e-2,
+                          warmup_ratio=0.0, freeze_embeddings=False)
+        with monkeypatch.context() as patch:
+            if not in_kernel:
+                patch.setattr(engine, "_clips_in_kernel", lambda *args: False)
+            train(cfg, progress=False)
+        return weights(tmp_path / name)
+
+    kernel, reference, unclipped = run("kernel", 0.05, True), run("ref", 0.05, False), run("free", 0.0, True)
+    assert kernel.keys() == reference.keys() and len(kernel) > 10
+    for key in kernel:
+        assert torch.allclose(kernel[key], reference[key], rtol=1e-5, atol=1e-6), key
+    assert max((kernel[k] - unclipped[k]).abs().max() for k in kernel) > 1e-3  # 0.05 does clip here
+
+
+def test_clip_by_grad_scale_sets_a_divisor_only_over_the_limit():
+    from frugal_lm.engine.trainer import _clip_by_grad_scale
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([[0.0, 4.0], [0.0, 0.0]])
+    opt = torch.optim.AdamW(params, lr=0.1, fused=True)
+    assert float(_clip_by_grad_scale(opt, 10.0)) == pytest.approx(5.0)
+    assert getattr(opt, "grad_scale", None) is None  # under the limit: the kernel divides by nothing
+    assert float(_clip_by_grad_scale(opt, 2.0)) == pytest.approx(5.0)
+    assert float(opt.grad_scale) == pytest.approx(2.5, rel=1e-6)  # 5 / 2: the gradients come out at norm 2
+
+
+def test_training_evaluates_label_tasks_in_the_training_precision_and_reuses_the_best_for_the_plot(
+        tiny_encoder_dir, sentiment_files, tmp_path, monkeypatch):
+    # bf16 on a CPU autocasts the loop's evaluations of a classifier (as predict casts the exported model);
+    # the confusion plot comes from the best evaluation, not a fifth pass, and that evaluation is the exported
+    # weights' own (load_best put them back): lr 0.1 makes the last evaluation worse than the best.
+    from frugal_lm.engine.run import load_run
+    from frugal_lm.tasks.classify import ClassifyTask
+
+    seen: list[bool] = []
+    plotted: list[dict] = []
+    evaluate, finish = ClassifyTask.evaluate, ClassifyTask.finish
+
+    def spy_evaluate(self, model, records=None, device=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return evaluate(self, model, records, device)
+
+    def spy_finish(self, model, run_dir, metrics=None):
+        finish(self, model, run_dir, metrics)
+        plotted.append(metrics)
+
+    monkeypatch.setattr(ClassifyTask, "evaluate", spy_evaluate)
+    monkeypatch.setattr(ClassifyTask, "finish", spy_finish)
+    cfg = make_config(tiny_encoder_dir, sentiment_files, tmp_path / "run", epochs=4, eval_every=6, lr=0.1,
+                      warmup_ratio=0.0, precision="bf16")
+    summary = train(cfg, progress=False)
+    assert seen == [True] * 4  # 48 rows / 8 = 6 steps an epoch: four evaluations, none after the loop
+    assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
+    assert summary["best_step"] < summary["steps"] and summary["best"]["loss"] != summary["final"]["loss"]
+    _, task, model = load_run(tmp_path / "run")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = evaluate(task, model, task.read(str(sentiment_files[1])))
+    assert plotted[0]["confusion"] == again["confusion"] == summary["best"]["confusion"]
+    assert plotted[0]["loss"] == pytest.approx(again["loss"], abs=2e-3)
+
+
+def test_language_model_tasks_evaluate_in_fp32_during_training():
+    from frugal_lm.config import load_config
+    from frugal_lm.tasks import get_task
+
+    for name in ("clm", "pretrain"):  # their perplexities compare with `frugal score`, across runs
+        assert get_task(name)(load_config(sets=[f"task={name}"])).eval_autocast() is False
+    classify = get_task("classify")(load_config(sets=["task=classify"]))
+    assert classify.eval_autocast() is True
+    classify.method = "fewshot"  # its head is fitted on fp32 features at the end
+    assert classify.eval_autocast() is False

@@ -279,7 +279,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     from frugal_lm.engine.inference import local_only
 
     with local_only():  # the other processes have returned: nothing may wait for them
-        task.finish(trainer.accelerator.unwrap_model(trainer.model), run_dir)  # e.g. fit a head, plot
+        # the best evaluation's metrics are those of the weights load_best left (or kept: export_current)
+        task.finish(trainer.accelerator.unwrap_model(trainer.model), run_dir, state.best_metrics or None)
     try:
         with quiet_transformers(), local_only():
             _export(run_dir, cfg, task, trainer.accelerator.unwrap_model(trainer.model))

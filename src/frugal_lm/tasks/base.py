@@ -7,7 +7,8 @@ It declares:
     its data           formats it reads; read() / check() / learn() / from_texts(); encode(); collator()
     its model          build_model(); head_modules (trained fully and saved with a LoRA adapter)
     its loss           loss(model, batch) -> (summed loss, count); count(batch)
-    its metrics        metrics: {name: "max" | "min"} for every scalar evaluate() returns; evaluate()
+    its metrics        metrics: {name: "max" | "min"} for every scalar evaluate() returns; evaluate();
+                       eval_autocast() (training-time evaluation in the training precision)
     its predictions    predict(model, records) -> JSON-able rows
     its run-folder     state() written to state_file beside the model; load_state() on the way back
     its config         defaults: {"train.metric": ..., ...} applied under the user's YAML and flags;
@@ -61,6 +62,12 @@ class Task(ABC):
     def higher_is_better(cls, metric: str) -> bool:
         """Direction of a metric this task reports (validated in config, so it is always known)."""
         return cls.metrics.get(metric, "max") == "max"
+
+    def eval_autocast(self) -> bool:
+        """Whether the engine evaluates during training under the run's autocast (bf16 on a GPU or an AMX CPU),
+        as the exported model predicts (`cast_for_inference`). False here: language models keep fp32
+        log-probabilities, so a run's perplexities compare with `frugal score` and across runs."""
+        return False
 
     # -- data --------------------------------------------------------------------------------
     @abstractmethod
@@ -141,10 +148,15 @@ class Task(ABC):
         them in a run's peak memory."""
         return 0
 
-    def finish(self, model: Any, run_dir: Path) -> None:
+    def finish(self, model: Any, run_dir: Path, metrics: dict[str, Any] | None = None) -> None:
         """A step after the training loop, on the best weights, before the model is exported (fit a head on
-        frozen features, write plots into the run folder, ...)."""
+        frozen features, write plots into the run folder, ...). `metrics`: the loop's evaluation of these
+        weights on the eval set, when it made one (so a plot of it need not evaluate again)."""
         return None  # optional
+
+    def finish_evaluates(self) -> bool:
+        """Whether `finish` evaluates the eval set itself (a time budget keeps the time for it)."""
+        return False
 
     # -- evaluation and use ------------------------------------------------------------------
     @abstractmethod

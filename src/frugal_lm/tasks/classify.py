@@ -147,8 +147,15 @@ class ClassifyTask(LabelTask):
         fewshot.fit_model_head(model, self.train_set, self.collator(), len(self.labels), self.options.fewshot_c,
                                self.cfg.train.eval_batch_size, device)
 
-    def finish(self, model: Any, run_dir: Any) -> None:
-        """Fit the few-shot head on the final body; write confusion.png for the eval set."""
+    def eval_autocast(self) -> bool:
+        return self.method != "fewshot"  # its head is fitted on fp32 features at the end (finish)
+
+    def finish_evaluates(self) -> bool:
+        return self.head_pending and bool(self.eval_set)  # the refitted few-shot head: see finish
+
+    def finish(self, model: Any, run_dir: Any, metrics: dict[str, Any] | None = None) -> None:
+        """Fit the few-shot head on the final body; write confusion.png for the eval set (from the loop's
+        evaluation of these weights when there is one: a fifth of a 3-epoch SST-2 run's evaluating)."""
         from pathlib import Path
 
         from frugal_lm.engine.report import plot_confusion
@@ -157,8 +164,10 @@ class ClassifyTask(LabelTask):
             self._extrapolate(model)  # for good: model/ is exported from these weights
             self._fit_head(model)
             self.head_pending = False
+            metrics = None  # a new head: its own evaluation
         if self.eval_set:
-            metrics = self.evaluate(model)
+            if not metrics or "confusion" not in metrics:
+                metrics = self.evaluate(model)
             plot_confusion(metrics["confusion"], self.labels, Path(run_dir) / "confusion.png")
 
     # -- evaluation and use ------------------------------------------------------------------

@@ -68,6 +68,11 @@ class LabelTask(Task):
     state_file: ClassVar[str | None] = "labels.json"
     head_modules: ClassVar[tuple[str, ...]] = ("classifier", "score", "pre_classifier")
 
+    def eval_autocast(self) -> bool:
+        """Labels and spans under bf16 autocast: on this project's 2-core AMX CPU, MiniLM evaluates SST-2 dev
+        in 1.8 s instead of 3.3 s at the same accuracy; a 3-epoch run evaluates four times."""
+        return True
+
     def __init__(self, cfg: Any, saved: dict[str, Any] | None = None):
         self.labels: list[str] = []
         self.class_weights: Any = None
