@@ -155,7 +155,7 @@ class ClassifyTask(LabelTask):
 
     def finish(self, model: Any, run_dir: Any, metrics: dict[str, Any] | None = None) -> None:
         """Fit the few-shot head on the final body; write confusion.png for the eval set (from the loop's
-        evaluation of these weights when there is one: a fifth of a 3-epoch SST-2 run's evaluating)."""
+        evaluation of these weights when there is one: a quarter of a 3-epoch run's evaluating)."""
         from pathlib import Path
 
         from frugal_lm.engine.report import plot_confusion
