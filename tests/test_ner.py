@@ -330,3 +330,29 @@ def test_the_planner_times_the_prefix_cache_on_a_tagger(ner_model_dir, ner_files
     cached = next(c for c in result["candidates"] if c["method"] == "frozen embeddings + 1 layer + prefix cache")
     assert cached["memory"]["prefix_cache"] > 0 and cached["cached_epoch_s"] > 0
     assert cached["run_s"] == pytest.approx(cached["epoch_s"] + 2 * cached["cached_epoch_s"])
+
+
+def test_bf16_training_evaluates_entities_under_autocast_close_to_fp32(ner_model_dir, ner_files, tmp_path,
+                                                                       monkeypatch):
+    # the loop's evaluations of a tagger run under the run's bf16 autocast (Task.eval_autocast); the spans they
+    # score agree with an fp32 evaluation of the exported model (what `frugal eval` runs)
+    import torch
+
+    from frugal_lm.engine.run import load_run, train
+    from frugal_lm.tasks.ner import NerTask
+
+    seen: list[bool] = []
+    evaluate = NerTask.evaluate
+
+    def spy(self, model, records=None, device=None):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return evaluate(self, model, records, device)
+
+    monkeypatch.setattr(NerTask, "evaluate", spy)
+    summary = train(ner_config(ner_model_dir, ner_files, tmp_path / "run", precision="bf16"), progress=False)
+    assert seen and all(seen)
+    assert summary["precision"] == "bf16" and summary["best"]["f1"] >= 0.9
+    _, task, model = load_run(tmp_path / "run")
+    fp32 = task.evaluate(model, task.read(str(ner_files[1])))
+    assert abs(fp32["f1"] - summary["best"]["f1"]) <= 0.05
+    assert fp32["loss"] == pytest.approx(summary["best"]["loss"], rel=0.1, abs=0.02)
