@@ -351,6 +351,9 @@ class Trainer:
         warmup = int(cfg.warmup_ratio * self.total_steps)
         self.scheduler = _scheduler(optimizer, cfg.scheduler, warmup, self.total_steps, position=self._position)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        # gradient clipping by the fused kernel's divisor where it can (_clip_by_grad_scale), else accelerate's
+        self._clip_in_kernel = bool(cfg.max_grad_norm) and _clips_in_kernel(optimizer, acc.distributed_type.name,
+                                                                             self.precision)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.state = LoopState(group=self.group, processes=world, budget_s=budget_seconds(cfg) or None)
         self._shown = ""  # the progress bar's last loss / throughput text
@@ -555,8 +558,7 @@ class Trainer:
                     raise
                 self._back_off(batches, exc)
         loss_sum, tokens, rows = self._sum([loss_sum, tokens, rows])
-        inner = self.optimizer.optimizer
-        in_kernel = bool(self.cfg.max_grad_norm) and _clips_in_kernel(inner, acc.distributed_type.name, self.precision)
+        inner, in_kernel = self.optimizer.optimizer, self._clip_in_kernel
         if in_kernel:
             norm = _clip_by_grad_scale(inner, self.cfg.max_grad_norm)
         else:
