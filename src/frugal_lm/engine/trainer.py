@@ -136,7 +136,7 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def _clips_in_kernel(optimizer: Any, distributed_type: str, precision: str) -> bool:
-    """Whether `_clip_by_grad_scale` may clip for this step: torch's fused AdamW (the only kind that divides its
+    """Whether `_clip_by_grad_scale` may clip for this run: torch's fused AdamW (the only kind that divides its
     gradients by a `grad_scale`), whole gradients on every process (one process or DDP, not sharded), and no
     fp16 grad scaler (which sets `grad_scale` itself)."""
     return (bool(optimizer.defaults.get("fused")) and precision != "fp16"
@@ -559,10 +559,11 @@ class Trainer:
                 self._back_off(batches, exc)
         loss_sum, tokens, rows = self._sum([loss_sum, tokens, rows])
         inner, in_kernel = self.optimizer.optimizer, self._clip_in_kernel
+        norm = None
         if in_kernel:
             norm = _clip_by_grad_scale(inner, self.cfg.max_grad_norm)
-        else:
-            norm = acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm) if self.cfg.max_grad_norm else None
+        elif self.cfg.max_grad_norm:
+            norm = acc.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
         # fp16's grad scaler handles overflowing gradients itself (it skips those steps and rescales)
         bad_norm = norm is not None and self.precision != "fp16" and not math.isfinite(float(norm))
         try:
