@@ -3,10 +3,13 @@
 Both run in this one invocation, on the same data, each in its own subprocess so peak memory is
 measured separately; "process s" is that subprocess from start to end (imports, loading, tokenizing,
 training, evaluating the dev set, and for frugal saving the run folder), what a user waits for. The
-Trainer runs with its defaults plus dynamic padding, 1 epoch, batch size 32, lr 5e-5, max length 64. frugal runs its default recipe (length-grouped batches, frozen embeddings,
-lr 1e-4) with the same epochs, batch size and max length.
+Trainer runs with its defaults plus dynamic padding, 1 epoch, batch size 32, lr 5e-5, max length 64. frugal runs its
+default recipe (length-grouped batches, frozen embeddings, batch 32 and lr 1e-4, or 64 and 2e-4 where
+classify.large_batch applies: at least 150 steps of 64, so 3 epochs of 8k rows but not 1) with the same epochs
+and max length. `--hf-batch64` adds the Trainer at batch 64 and lr 1e-4 (its lr scaled as frugal's), for
+reference; the ratios stay against the Trainer at 32.
 
-    python benchmarks/bench_classify.py [--rows 8000] [--epochs 1] [--ablation] [--json out.json]
+    python benchmarks/bench_classify.py [--rows 8000] [--epochs 1] [--ablation] [--hf-batch64] [--json out.json]
     python benchmarks/bench_classify.py --epochs 3 --variants "frugal, 3 layers frozen;frugal, 3 layers frozen + prefix cache"
 """
 
@@ -51,6 +54,8 @@ VARIANTS = {
     "frugal --auto, time budget 60s": {"time_budget": "60s", "auto": True},
     # classify.first_token off: the last layer computes every position (engine/first_token.py)
     "frugal, whole last layer": {"classify": {"first_token": False}},
+    # classify.large_batch off: batch 32 and lr 1e-4 however many steps the run has
+    "frugal, batch 32": {"classify": {"large_batch": False}},
 }
 
 
@@ -67,7 +72,7 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1)
         cfg = load_config(overrides={
             "output": str(Path(tmp) / "run"), "model": {"name": "minilm", "max_length": 64},
             "data": {"train": str(train_file), "eval": str(DEV), "text_column": "sentence"},
-            "train": {"epochs": epochs, "batch_size": 32, "seed": seed, **settings},
+            "train": {"epochs": epochs, "seed": seed, **settings},
             **({"classify": classify} if classify else {}),
         })
         t0 = time.perf_counter()
@@ -84,7 +89,7 @@ def run_frugal(rows: int, seed: int, variant: str = "frugal", epochs: float = 1)
             **{k: summary.get(k) for k in ("mfu", "model_flops_per_s", "peak_flops_per_s")}}
 
 
-def run_hf(rows: int, seed: int, epochs: float = 1) -> dict:
+def run_hf(rows: int, seed: int, epochs: float = 1, batch: int = 32, lr: float = 5e-5) -> dict:
     import transformers
     from transformers import (
         AutoModelForSequenceClassification,
@@ -115,8 +120,8 @@ def run_hf(rows: int, seed: int, epochs: float = 1) -> dict:
 
     train_ds, dev_ds = DS(*_read(TRAIN, rows)), DS(*_read(DEV, None))
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, num_train_epochs=epochs, per_device_train_batch_size=32,
-                                 per_device_eval_batch_size=128, learning_rate=5e-5, seed=seed,
+        args = TrainingArguments(output_dir=tmp, num_train_epochs=epochs, per_device_train_batch_size=batch,
+                                 per_device_eval_batch_size=128, learning_rate=lr, seed=seed,
                                  report_to=[], save_strategy="no", logging_strategy="no",
                                  disable_tqdm=True, use_cpu=True)
         trainer = Trainer(model=model, args=args, train_dataset=train_ds,
@@ -136,7 +141,12 @@ def run_hf(rows: int, seed: int, epochs: float = 1) -> dict:
 
 
 def child(which: str, rows: int, seed: int, epochs: float) -> None:
-    result = run_hf(rows, seed, epochs) if which == "hf" else run_frugal(rows, seed, which, epochs)
+    if which == "hf":
+        result = run_hf(rows, seed, epochs)
+    elif which == "hf64":
+        result = run_hf(rows, seed, epochs, batch=64, lr=1e-4)
+    else:
+        result = run_frugal(rows, seed, which, epochs)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -149,7 +159,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--variants", default="", help="frugal variants to run besides the default: "
                     "names of VARIANTS separated by ; (the --ablation ones are the first four)")
-    ap.add_argument("--child", choices=["hf", *VARIANTS], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["hf", "hf64", *VARIANTS], help=argparse.SUPPRESS)
+    ap.add_argument("--hf-batch64", action="store_true", help="also run the Trainer at batch 64, lr 1e-4")
     ap.add_argument("--ablation", action="store_true",
                     help="also run frugal with each default saver turned off, to show what each one gains")
     a = ap.parse_args()
@@ -159,6 +170,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     runs = ["hf", *list(VARIANTS)[:4]] if a.ablation else ["hf", "frugal"]
+    runs += ["hf64"] if a.hf_batch64 else []
     runs += [v for v in a.variants.split(";") if v and v not in runs]
     for which in runs:
         started = time.perf_counter()  # the whole child: imports, loading, training, evaluation (and frugal's save)
@@ -172,7 +184,9 @@ def main() -> None:
         results[which]["process_seconds"] = round(time.perf_counter() - started, 1)
     f, h = results["frugal"], results["hf"]
     h["name"] = "HF Trainer"
-    print(f"SST-2, MiniLM, {a.rows} train rows, 872 dev rows, {a.epochs:g} epoch(s), batch 32, max length 64, "
+    if "hf64" in results:
+        results["hf64"]["name"] = "HF Trainer, batch 64, lr 1e-4"
+    print(f"SST-2, MiniLM, {a.rows} train rows, 872 dev rows, {a.epochs:g} epoch(s), max length 64, "
           f"seed {a.seed}")
     print("| | train examples/s | vs HF | train s | train-time ratio (HF / this) | process s | process-time ratio "
           "| dev accuracy | peak RSS MB |")

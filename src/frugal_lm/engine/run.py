@@ -14,6 +14,7 @@ Run folder layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -54,8 +55,6 @@ def prepare_task(cfg: RunConfig) -> tuple[Any, Any]:
 def task_train_config(cfg: RunConfig, task: Any) -> Any:
     """cfg.train with the task's recipe for this run over it (Task.train_overrides: a few-shot contrastive
     stage's batch, lr and steps): what the engine trains with, so what the planner must plan."""
-    import dataclasses
-
     overrides = task.train_overrides()
     return dataclasses.replace(cfg.train, **overrides) if overrides else cfg.train
 
@@ -182,8 +181,6 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     if task.train_overrides():
         _log(f"{cfg.task}: training with " + ", ".join(f"train.{k}={v}" for k, v in task.train_overrides().items()))
     if train_cfg.memory_budget and planned is None:  # the micro-batch and checkpointing that fit the budget
-        import dataclasses
-
         from frugal_lm.engine.savers import resolve_precision
         from frugal_lm.plan import fit_memory
 
@@ -198,7 +195,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
     if saved and saved.get("processes", 1) != trainer.accelerator.num_processes and ps.is_main_process:
         _log(f"note: this run was checkpointed by {saved.get('processes', 1)} process(es) and continues on "
              f"{trainer.accelerator.num_processes}, accumulating {trainer.accum} micro-batch(es) each per step: "
-             f"the global batch stays {trainer.group} x {cfg.train.batch_size} examples")
+             f"the global batch stays {trainer.group} x {train_cfg.batch_size} examples")
     if ps.is_main_process:
         _log(f"precision: {trainer.precision_reason}")
     replaced = _set_up_folder(run_dir, cfg, resume, overwrite, ps)
@@ -244,6 +241,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         "micro_batch": trainer.micro_batch, "memory_back_offs": state.back_offs,
         "gradient_checkpointing": train_cfg.gradient_checkpointing,
         "budget_reserve_s": round(state.reserve_s, 3) if state.schedule == "budget" else None,
+        # train.* values the task's recipe set over the config (few-shot stage, classify.large_batch)
+        "train_overrides": task.train_overrides(),
     }
     if state.stopped == "interrupted":
         if ps.is_main_process:
@@ -288,7 +287,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, progres
         # wall seconds with the final evaluation and the export: what the budget must hold (±5%)
         summary["finished_wall_s"] = round((before.wall if before is not None else 0.0)
                                            + Trainer.clock() - started, 3)
-        write_model_card(run_dir, cfg, summary, task.card_lines(), task.auto_class)
+        # the card says what trained: the task's recipe (few-shot stage, classify.large_batch) over the config
+        write_model_card(run_dir, dataclasses.replace(cfg, train=train_cfg), summary, task.card_lines(),
+                         task.auto_class)
         write_summary(run_dir, summary)  # last: a run folder with metrics.json has its full export
     except OSError as exc:
         raise FrugalError(_write_failure(run_dir, trainer, exc)) from None

@@ -49,6 +49,9 @@ class ClassifyOptions:
                          "classify.fewshot_below examples per class)", ("auto", "finetune", "fewshot"))
     first_token: bool = option(True, "finetune, BERT-family classifiers: the last layer computes position 0 only, "
                                "the one the head reads (the same logits; engine/first_token.py)")
+    large_batch: bool = option(True, "finetune with train.batch_size and train.lr at their defaults (32, 1e-4): "
+                               "train at 64 rows and lr 2e-4 where the run still takes at least 150 optimizer "
+                               "steps (epochs x rows / global batch), and say so")
     fewshot_below: int = option(100, "auto picks fewshot when the training set has fewer examples per "
                                 "class than this (on average)")
     fewshot_steps: int = option(0, "optimizer steps of the contrastive stage (0: ~32 passes over the "
