@@ -32,7 +32,7 @@ def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) 
 # step on short texts is mostly proportional to the weights (the AdamW pass, autocast's weight copies, the
 # gradient norm, ~1,550 dispatched operations), not to the rows, so 64 rows a step cost less than two steps of 32.
 # Screened over 3 seeds, 3 epochs (benchmarks/screen_batch_size.py, BENCHMARKS.md): 64 rows at lr 2e-4 (the
-# learning rate scaled with the batch) against 32 at 1e-4: SST-2 8k 0.861 vs 0.862 in 1.26x less wall time,
+# learning rate scaled with the batch) against 32 at 1e-4: SST-2 8k 0.861 vs 0.862 in 1.27x less wall time,
 # CoNLL entity types 4k 0.896 vs 0.897 in 1.15x less; on SST-2 1k (48 steps at 64) it lost 1.0 point, so the
 # batch grows only where the run keeps at least LARGE_BATCH_MIN_STEPS optimizer steps.
 LARGE_BATCH, LARGE_BATCH_LR, LARGE_BATCH_MIN_STEPS = 64, 2e-4, 150
