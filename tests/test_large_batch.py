@@ -6,8 +6,8 @@ import dataclasses
 import json
 
 import pytest
-from conftest import sentiment_rows, write_tsv
 
+from conftest import sentiment_rows, write_tsv
 from frugal_lm.config import TrainConfig, load_config
 from frugal_lm.engine.run import train
 from frugal_lm.tasks.classify import LARGE_BATCH_MIN_STEPS, large_batch
