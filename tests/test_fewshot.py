@@ -65,6 +65,37 @@ def test_pair_loss_is_the_weighted_cosine_error(tiny_encoder_nodrop_dir):
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_supcon_loss_is_khoslas_l_out_and_skips_anchors_without_positives(tiny_encoder_nodrop_dir):
+    """supcon: per anchor, minus the mean over its positives of log softmax(cos / t) over the other rows,
+    computed here with explicit loops; an anchor whose class is alone in the batch is left out."""
+    import math
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_encoder_nodrop_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_nodrop_dir, num_labels=3).eval()
+    batch = dict(tok(["good movie", "great film", "bad plot", "dull story", "a film"], padding=True,
+                     return_tensors="pt"))
+    labels = [1, 1, 0, 0, 2]  # row 4 has no positive
+    batch["labels"] = torch.tensor(labels)
+    t = 0.1
+    with torch.no_grad():
+        cos = (fewshot.embed(model, batch) @ fewshot.embed(model, batch).T).double().numpy()
+        loss = float(fewshot.pair_loss(model, batch, "supcon", t))
+    per_anchor = []
+    for i in range(5):
+        others = [a for a in range(5) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if not positives:
+            continue
+        log_den = math.log(sum(math.exp(cos[i, a] / t) for a in others))
+        per_anchor.append(-sum(cos[i, p] / t - log_den for p in positives) / len(positives))
+    assert len(per_anchor) == 4
+    assert loss == pytest.approx(sum(per_anchor) / 4, rel=1e-4)
+    with torch.no_grad():  # a lower temperature sharpens the softmax: the loss moves, it is not a constant
+        assert float(fewshot.pair_loss(model, batch, "supcon", 0.05)) != pytest.approx(loss, rel=1e-3)
+
+
 def test_length_chunks_cover_every_row_once_and_split_only_where_padding_costs_more():
     lengths = [40, 3, 38, 4, 3, 39, 5, 4]
     chunks = fewshot.length_chunks(lengths, overhead=32, rows=1, align=1)
@@ -281,3 +312,7 @@ def test_extrapolation_moves_the_trained_body_and_survives_resume(tiny_encoder_n
         torch.testing.assert_close(resumed[name], two[name], atol=1e-5, rtol=1e-4, msg=name)
     with pytest.raises(ConfigError, match="classify.fewshot_extrapolate: must be above 0"):
         _build(cfg("bad", 0.0))
+    bad_temperature = cfg("bad", 1.0)
+    bad_temperature.options.fewshot_temperature = 0.0
+    with pytest.raises(ConfigError, match="classify.fewshot_temperature: must be above 0"):
+        _build(bad_temperature)

@@ -138,6 +138,9 @@ class ClassifyTask(LabelTask):
         if o.fewshot_extrapolate <= 0:
             raise ConfigError(f"classify.fewshot_extrapolate: must be above 0 (1: the body as trained), got "
                               f"{o.fewshot_extrapolate}")
+        if o.fewshot_temperature <= 0:
+            raise ConfigError(f"classify.fewshot_temperature: must be above 0 (the supcon loss divides the "
+                              f"cosine similarities by it), got {o.fewshot_temperature}")
 
     def start_from(self, model: Any) -> None:
         if self.method == "fewshot" and self.options.fewshot_extrapolate != 1:
@@ -174,7 +177,8 @@ class ClassifyTask(LabelTask):
         if self.method != "fewshot":
             return super().loss(model, batch)
         n = self.count(batch)  # the pair loss is a balanced mean over pairs: weigh it as n examples
-        return fewshot.pair_loss(model, batch) * n, n
+        opts = self.options
+        return fewshot.pair_loss(model, batch, opts.fewshot_loss, opts.fewshot_temperature) * n, n
 
     def _fit_head(self, model: Any, device: Any = None) -> None:
         fewshot.fit_model_head(model, self.train_set, self.collator(), len(self.labels), self.options.fewshot_c,

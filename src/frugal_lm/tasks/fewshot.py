@@ -59,6 +59,11 @@ class ClassifyOptions:
     fewshot_lr: float = option(5e-5, "learning rate of the contrastive stage")
     fewshot_batch_size: int = option(32, "sentences per contrastive batch (rounded to a multiple of the "
                                      "label count, so every class is equally present); all pairs in it train")
+    fewshot_loss: str = option("cosine", "loss of the contrastive stage: cosine (SetFit's (cos - same)^2 over "
+                               "all in-batch pairs, balanced) or supcon (supervised contrastive, Khosla et al. "
+                               "2020, at classify.fewshot_temperature; measured against cosine in BENCHMARKS.md: not better)",
+                               ("cosine", "supcon"))
+    fewshot_temperature: float = option(0.1, "temperature of the supcon loss (cosine similarity / temperature)")
     fewshot_c: float = option(1.0, "inverse L2 strength of the logistic-regression head (scikit-learn's C)")
     fewshot_extrapolate: float = option(EXTRAPOLATE, "after the contrastive stage, the body's trained weights "
                                         "are moved this many times as far from where the stage started "
@@ -234,12 +239,32 @@ def pair_weights(labels: Any) -> tuple[Any, Any]:
     return same, weight
 
 
-def pair_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """SetFit's cosine-similarity loss, (cos(u, v) - same)^2, over all in-batch pairs, balanced: a scalar."""
+def pair_loss(model: Any, batch: dict[str, Any], loss: str = "cosine", temperature: float = 0.1) -> Any:
+    """The contrastive stage's loss on one batch, a scalar: SetFit's cosine-similarity loss,
+    (cos(u, v) - same)^2 over all in-batch pairs, balanced; or `supcon_loss`."""
     emb = embed(model, batch, split=True)
     cos = emb @ emb.T  # B, B (already normalised)
+    if loss == "supcon":
+        return supcon_loss(cos, batch["labels"], temperature)
     target, weight = pair_weights(batch["labels"])
     return (weight * (cos - target) ** 2).sum()
+
+
+def supcon_loss(cos: Any, labels: Any, temperature: float) -> Any:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out) from a batch's cosine matrix: for each anchor
+    with at least one same-class row, minus the mean over its positives of log softmax(cos / t) over every
+    other row; averaged over those anchors."""
+    import torch
+
+    n = cos.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=cos.device)
+    logits = (cos / temperature).masked_fill(eye, float("-inf"))  # an anchor is not its own candidate
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = pos.sum(1)
+    has = n_pos > 0
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(1))[has] / n_pos[has]
+    return per_anchor.mean() if bool(has.any()) else cos.sum() * 0.0
 
 
 # -- extrapolation in weight space --------------------------------------------------------------
