@@ -110,22 +110,40 @@ def test_length_chunks_cover_every_row_once_and_split_only_where_padding_costs_m
     assert len(thirty) == 2  # 8 rows at width 16 (the 9s and 10s, two 8s), 22 at 8
 
 
-def test_split_encoding_gives_the_same_embeddings_and_gradients(tiny_encoder_nodrop_dir):
-    """pair_loss encodes length chunks (embed(split=True)): the same embeddings, loss and gradients as one
-    padded pass."""
+def test_pack_rows_cover_every_row_once_within_the_width():
+    lengths = [40, 3, 38, 4, 3, 39, 5, 4, 70]
+    bins = fewshot.pack_rows(lengths, width=64)
+    assert sorted(i for b in bins for i in b) == list(range(9))
+    assert bins[0] == [8]  # longer than the width: a row of its own
+    # first fit, longest first, the cap raised to the longest row (70): the short ones fill in after the 40
+    assert bins == [[8], [0, 6, 3, 7, 1, 4], [5], [2]]
+    assert len(fewshot.pack_rows([10] * 12, width=64)) == 2  # 6 rows of 10 to a packed row of 64
+    assert fewshot.pack_rows([], width=64) == []
+
+
+@pytest.mark.parametrize("how", ["packed", "chunks"])
+def test_split_encoding_gives_the_same_embeddings_and_gradients(tiny_encoder_nodrop_dir, how):
+    """pair_loss encodes the batch without its padding (embed(split=True): packed on this BERT, in length
+    chunks on other bodies): the same embeddings, loss and gradients as one padded pass."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_encoder_nodrop_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_nodrop_dir, num_labels=2).train()
+    assert fewshot.packable(model)
     long = " ".join(["good movie great film"] * 10)
     texts = ["bad plot", long, "dull story", "great film", " ".join(["dull story bad plot"] * 9), "good"]
     batch = dict(tok(texts, padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([0, 1, 0, 1, 0, 1])
-    assert len(fewshot.length_chunks(batch["attention_mask"].sum(1).tolist())) == 2
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert len(fewshot.length_chunks(lengths)) == 2
+    assert max(map(len, fewshot.pack_rows(lengths, width=16))) >= 2  # short sentences share a packed row
+    pool = {"packed": lambda: fewshot.packed_pool(model, inputs, width=16),
+            "chunks": lambda: fewshot.chunked_pool(model, inputs)}[how]
     grads = []
     for split in (False, True):
         model.zero_grad()
-        emb = fewshot.embed(model, batch, split=split)
+        emb = torch.nn.functional.normalize(pool(), dim=-1) if split else fewshot.embed(model, batch)
         target, weight = fewshot.pair_weights(batch["labels"])
         (weight * (emb @ emb.T - target) ** 2).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -135,11 +153,21 @@ def test_split_encoding_gives_the_same_embeddings_and_gradients(tiny_encoder_nod
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
-    model.zero_grad()
-    fewshot.pair_loss(model, batch).backward()  # the loss the stage trains with takes the split path
-    for name, p in model.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(p.grad, grads[1][name], atol=1e-6, rtol=1e-6)
+    if how == "packed":
+        model.zero_grad()
+        fewshot.pair_loss(model, batch).backward()  # the loss the stage trains with packs (at PACK_WIDTH)
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+def test_packing_only_where_positions_and_mask_are_known(tiny_encoder_nodrop_dir):
+    """Packing sets position_ids and a 4-D mask: a body under eager attention (or not BERT) is chunked."""
+    from transformers import AutoModelForSequenceClassification
+
+    eager = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_nodrop_dir, num_labels=2,
+                                                               attn_implementation="eager")
+    assert not fewshot.packable(eager)
 
 
 def test_head_fits_frozen_features_as_scikit_learn_does():
