@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -139,6 +140,21 @@ def run_frugal(train: list[tuple[str, str]], dev: list[tuple[str, str]], seed: i
             "train_seconds": summary["train_seconds"] + head, "loop_seconds": summary["train_seconds"],
             "head_seconds": head, "wall_seconds": seconds, "steps": summary["steps"]}
 
+
+
+def screen_rows(name: str, size: int, seeds: list[int], out: Path, **fields: Any) -> None:
+    """frugal few-shot on `size` per class of set `name` at each seed (samples as `bench` draws them), one JSON
+    row per seed appended to `out` with `fields` added: what the screens that patch the stage in their own
+    process record."""
+    from frugal_lm.cli_cv import sample_per_class
+
+    pool, dev = SETS[name]()
+    for seed in seeds:
+        train = [pool[i] for i in sample_per_class([lab for _, lab in pool], size, seed)]
+        row = run_frugal(train, dev, seed, "fewshot")
+        with out.open("a") as fh:
+            fh.write(json.dumps({"set": name, "size": size, "seed": seed, "method": "frugal", "threads": 1,
+                                 **fields, **row}) + "\n")
 
 # -- driver --------------------------------------------------------------------------------------
 def _done(out: Path) -> set[tuple]:

@@ -11,7 +11,6 @@ speed. One torch thread; the bench's JSON rows (with "dropout": 0) appended to O
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fewshot as bf  # noqa: E402
 
-from frugal_lm.cli_cv import sample_per_class  # noqa: E402
 from frugal_lm.tasks import fewshot  # noqa: E402
 
 
@@ -43,13 +41,7 @@ def main() -> None:
         return shipped(model, batch, *args, **kwargs)
 
     fewshot.pair_loss = no_dropout
-    pool, dev = bf.SETS[name]()
-    for seed in seeds:
-        train = [pool[i] for i in sample_per_class([lab for _, lab in pool], size, seed)]
-        row = bf.run_frugal(train, dev, seed, "fewshot")
-        with out.open("a") as f:
-            f.write(json.dumps({"set": name, "size": size, "seed": seed, "method": "frugal", "threads": 1,
-                                "dropout": 0.0, "encoding": "chunks" if chunks else "packed", **row}) + "\n")
+    bf.screen_rows(name, size, seeds, out, dropout=0.0, encoding="chunks" if chunks else "packed")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ bench's JSON rows (with "token_drop") appended to OUT.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fewshot as bf  # noqa: E402
 
-from frugal_lm.cli_cv import sample_per_class  # noqa: E402
 from frugal_lm.tasks import fewshot  # noqa: E402
 
 SPECIAL = (101, 102, 0)  # [CLS], [SEP], [PAD] in MiniLM's vocabulary
@@ -55,13 +53,7 @@ def main() -> None:
         return shipped(model, drop_tokens(batch, p) if model.training else batch, *args, **kwargs)
 
     fewshot.pair_loss = augmented
-    pool, dev = bf.SETS[name]()
-    for seed in seeds:
-        train = [pool[i] for i in sample_per_class([lab for _, lab in pool], size, seed)]
-        row = bf.run_frugal(train, dev, seed, "fewshot")
-        with out.open("a") as f:
-            f.write(json.dumps({"set": name, "size": size, "seed": seed, "method": "frugal", "threads": 1,
-                                "token_drop": p, **row}) + "\n")
+    bf.screen_rows(name, size, seeds, out, token_drop=p)
 
 
 if __name__ == "__main__":
