@@ -141,7 +141,6 @@ def run_frugal(train: list[tuple[str, str]], dev: list[tuple[str, str]], seed: i
             "head_seconds": head, "wall_seconds": seconds, "steps": summary["steps"]}
 
 
-
 def screen_rows(name: str, size: int, seeds: list[int], out: Path, **fields: Any) -> None:
     """frugal few-shot on `size` per class of set `name` at each seed (samples as `bench` draws them), one JSON
     row per seed appended to `out` with `fields` added: what the screens that patch the stage in their own
@@ -155,6 +154,7 @@ def screen_rows(name: str, size: int, seeds: list[int], out: Path, **fields: Any
         with out.open("a") as fh:
             fh.write(json.dumps({"set": name, "size": size, "seed": seed, "method": "frugal", "threads": 1,
                                  **fields, **row}) + "\n")
+
 
 # -- driver --------------------------------------------------------------------------------------
 def _done(out: Path) -> set[tuple]:

@@ -162,7 +162,7 @@ def test_split_encoding_gives_the_same_embeddings_and_gradients(tiny_encoder_nod
 
 
 def test_packing_only_where_positions_and_mask_are_known(tiny_encoder_nodrop_dir):
-    """Packing sets position_ids and a 4-D mask: a body under eager attention (or not BERT) is chunked."""
+    """Packing sets position_ids and a 4-D mask: a body under eager attention is chunked instead."""
     from transformers import AutoModelForSequenceClassification
 
     eager = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_nodrop_dir, num_labels=2,

@@ -225,7 +225,8 @@ def packed_pool(model: Any, inputs: dict[str, Any], width: int = PACK_WIDTH) -> 
     device = mask.device
     lengths = mask.sum(1).tolist()
     bins = pack_rows(lengths, width)
-    packed_width = aligned_width(max(sum(lengths[i] for i in b) for b in bins), 1 << 30)
+    fullest = max(sum(lengths[i] for i in b) for b in bins)
+    packed_width = -(-fullest // CHUNK_WIDTH) * CHUNK_WIDTH  # aligned: few distinct shapes
     rows, cols, src, pos = [], [], [], []  # each real token: packed row and column, sentence, position in it
     for r, members in enumerate(bins):
         offset = 0
