@@ -130,8 +130,8 @@ def embed(model: Any, batch: dict[str, Any], split: bool = False) -> Any:
     """L2-normalised mean of the last hidden states over real tokens: (B, H).
 
     With `split`, a right-padded batch is encoded without most of its padding: packed (`packed_pool`: the
-    rows laid end to end in rows of PACK_WIDTH tokens, each attending only to itself) where the body is a
-    BERT-family encoder under SDPA attention, else in chunks of similar length (`chunked_pool`). A contrastive
+    rows laid end to end in rows of PACK_WIDTH tokens, each attending only to itself) where the body is
+    one of POSITIONS_FROM (BERT, RoBERTa, ELECTRA, DistilBERT, ...) under SDPA attention, else in chunks of similar length (`chunked_pool`). A contrastive
     batch is all of a few-shot set at once, so it holds the shortest and the longest sentence. Both give the
     embeddings and gradients of one padded pass (tests/test_fewshot.py)."""
     import torch.nn.functional as F
@@ -189,12 +189,28 @@ def chunked_pool(model: Any, inputs: dict[str, Any]) -> Any:
 PACK_WIDTH = 64
 
 
+# Where a packed sentence's position ids start, by the body's model_type: absolute positions counted from 0
+# (BERT, ELECTRA, DistilBERT), or from padding_idx + 1, as RoBERTa-style embeddings number the real tokens of a
+# padded row. Each checked against a padded pass (tests/test_fewshot.py); other bodies (MPNet's relative
+# positions, DeBERTa, ModernBERT's local attention) keep the length chunks.
+POSITIONS_FROM = {"bert": "zero", "electra": "zero", "distilbert": "zero",
+                  "roberta": "padding", "xlm-roberta": "padding", "camembert": "padding"}
+
+
 def packable(model: Any) -> bool:
-    """Whether `packed_pool` gives this body's own hidden states: a BERT-family encoder (absolute positions
-    from 0, which position_ids set per sentence) whose attention takes a 4-D boolean mask (SDPA)."""
+    """Whether `packed_pool` gives this body's own hidden states: an encoder of POSITIONS_FROM (absolute
+    positions, which position_ids set per sentence) whose attention takes a 4-D boolean mask (SDPA)."""
     config = getattr(body(model), "config", None)
-    return (getattr(config, "model_type", None) == "bert"
+    return (getattr(config, "model_type", None) in POSITIONS_FROM
             and getattr(config, "_attn_implementation", None) == "sdpa")
+
+
+def first_position(model: Any) -> int:
+    """The position id of a sentence's first token in this body (see POSITIONS_FROM)."""
+    encoder = body(model)
+    if POSITIONS_FROM[encoder.config.model_type] == "zero":
+        return 0
+    return int(encoder.embeddings.padding_idx) + 1
 
 
 def pack_rows(lengths: list[int], width: int = PACK_WIDTH) -> list[list[int]]:
@@ -245,7 +261,7 @@ def packed_pool(model: Any, inputs: dict[str, Any], width: int = PACK_WIDTH) -> 
             values[rows_t, cols_t] = inputs[key][src_t, positions]
             packed[key] = values
     position_ids = torch.zeros(shape, dtype=torch.long, device=device)
-    position_ids[rows_t, cols_t] = positions
+    position_ids[rows_t, cols_t] = positions + first_position(model)
     segment = torch.full(shape, -1, dtype=torch.long, device=device)
     segment[rows_t, cols_t] = src_t
     same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
