@@ -156,6 +156,21 @@ def screen_rows(name: str, size: int, seeds: list[int], out: Path, **fields: Any
                                  **fields, **row}) + "\n")
 
 
+def screen_wrapped_loss(field: str, wrap: Any) -> None:
+    """main() of a screen that changes the stage's pair loss in its own process, from its command line
+    `NAME SIZE SEEDS VALUE OUT` (SEEDS comma-separated; VALUE a float): `wrap(shipped_pair_loss, VALUE)` is
+    the loss trained with, one torch thread, rows appended to OUT with `field: VALUE`."""
+    import torch
+
+    from frugal_lm.tasks import fewshot
+
+    torch.set_num_threads(1)
+    name, size, seeds = sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")]
+    value, out = float(sys.argv[4]), Path(sys.argv[5])
+    fewshot.pair_loss = wrap(fewshot.pair_loss, value)
+    screen_rows(name, size, seeds, out, **{field: value})
+
+
 # -- driver --------------------------------------------------------------------------------------
 def _done(out: Path) -> set[tuple]:
     if not out.exists():

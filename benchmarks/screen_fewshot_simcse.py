@@ -27,25 +27,20 @@ from frugal_lm.tasks import fewshot  # noqa: E402
 TEMPERATURE = 0.05
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    name, size = sys.argv[1], int(sys.argv[2])
-    seeds = [int(s) for s in sys.argv[3].split(",")]
-    weight, out = float(sys.argv[4]), Path(sys.argv[5])
-    shipped = fewshot.pair_loss
-
-    def with_simcse(model, batch, *args, **kwargs):
+def with_simcse(shipped, weight: float):
+    def loss(model, batch, *args, **kwargs):
         if not model.training:
             return shipped(model, batch, *args, **kwargs)
         views = [fewshot.embed(model, batch, split=True) for _ in range(2)]
-        cos = views[0] @ views[0].T
         target, w = fewshot.pair_weights(batch["labels"])
-        pair = (w * (cos - target) ** 2).sum()
+        pair = (w * (views[0] @ views[0].T - target) ** 2).sum()
         logits = views[0] @ views[1].T / TEMPERATURE
         return pair + weight * F.cross_entropy(logits, torch.arange(len(logits)))
+    return loss
 
-    fewshot.pair_loss = with_simcse
-    bf.screen_rows(name, size, seeds, out, simcse=weight)
+
+def main() -> None:
+    bf.screen_wrapped_loss("simcse", with_simcse)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fewshot as bf  # noqa: E402
 
-from frugal_lm.tasks import fewshot  # noqa: E402
-
 SPECIAL = (101, 102, 0)  # [CLS], [SEP], [PAD] in MiniLM's vocabulary
 
 
@@ -42,18 +40,14 @@ def drop_tokens(batch: dict, p: float) -> dict:
     return out
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    name, size = sys.argv[1], int(sys.argv[2])
-    seeds = [int(s) for s in sys.argv[3].split(",")]
-    p, out = float(sys.argv[4]), Path(sys.argv[5])
-    shipped = fewshot.pair_loss
-
+def with_token_drop(shipped, p: float):
     def augmented(model, batch, *args, **kwargs):
         return shipped(model, drop_tokens(batch, p) if model.training else batch, *args, **kwargs)
+    return augmented
 
-    fewshot.pair_loss = augmented
-    bf.screen_rows(name, size, seeds, out, token_drop=p)
+
+def main() -> None:
+    bf.screen_wrapped_loss("token_drop", with_token_drop)
 
 
 if __name__ == "__main__":
