@@ -130,10 +130,10 @@ def embed(model: Any, batch: dict[str, Any], split: bool = False) -> Any:
     """L2-normalised mean of the last hidden states over real tokens: (B, H).
 
     With `split`, a right-padded batch is encoded without most of its padding: packed (`packed_pool`: the
-    rows laid end to end in rows of PACK_WIDTH tokens, each attending only to itself) where the body is
-    one of POSITIONS_FROM (BERT, RoBERTa, ELECTRA, DistilBERT, ...) under SDPA attention, else in chunks of similar length (`chunked_pool`). A contrastive
-    batch is all of a few-shot set at once, so it holds the shortest and the longest sentence. Both give the
-    embeddings and gradients of one padded pass (tests/test_fewshot.py)."""
+    rows laid end to end in rows of PACK_WIDTH tokens, each attending only to itself) where the body is one
+    of POSITIONS_FROM (BERT, RoBERTa, ELECTRA, DistilBERT, ...) under SDPA attention, else in chunks of similar
+    length (`chunked_pool`). A contrastive batch is all of a few-shot set at once, so it holds the shortest and
+    the longest sentence. Both give the embeddings and gradients of one padded pass (tests/test_fewshot.py)."""
     import torch.nn.functional as F
 
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
